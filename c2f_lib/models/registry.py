@@ -1,0 +1,88 @@
+"""Model registry and the one checkpoint format shared by every model.
+
+A model class is registered under a name, is built from one dataclass config
+(``cls(cfg)``) and keeps it as ``model.cfg``. A checkpoint is a dict
+``{"model": name, "config": asdict(cfg), "state_dict": ..., "extra": {...}}``, so
+``load_model(path)`` rebuilds any model without knowing its class in advance.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from c2f_lib.utils import atomic_path
+
+_REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}
+
+
+def register(name: str, config_cls: type) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: ``@register("xpool", XPoolConfig)``."""
+
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _REGISTRY and _REGISTRY[name][0] is not cls:
+            raise ValueError(f"model name {name!r} is already registered to {_REGISTRY[name][0]}")
+        _REGISTRY[name] = (cls, config_cls)
+        cls.registry_name = name
+        return cls
+
+    return wrap
+
+
+def registered() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered: {registered()}")
+    cls, config_cls = _REGISTRY[name]
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(config or {}) - fields)
+    if unknown:
+        raise ValueError(f"model {name!r}: unknown config keys {unknown}")
+    return cls(config_cls(**(config or {})))
+
+
+def save_model(path: str | Path, model: nn.Module, extra: dict[str, Any] | None = None) -> None:
+    """Atomically write a checkpoint any ``load_model`` can rebuild."""
+    name = getattr(model, "registry_name", None)
+    if name is None:
+        raise TypeError(f"{type(model).__name__} is not a registered model")
+    payload = {"model": name, "config": dataclasses.asdict(model.cfg),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "extra": extra or {}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from ``save_model``'s checkpoint; returns (model in eval mode, extra)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"{path}: not a readable checkpoint ({err})") from None
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise ValueError(f"{path}: not a c2f checkpoint (no 'model' entry)")
+    _import_model_modules()
+    model = build_model(payload["model"], payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload.get("extra", {})
+
+
+def _import_model_modules() -> None:
+    """Importing the model modules registers their classes."""
+    import importlib
+    import pkgutil
+
+    import c2f_lib.models as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name != "registry":
+            importlib.import_module(f"c2f_lib.models.{info.name}")
