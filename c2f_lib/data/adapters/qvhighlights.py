@@ -1,0 +1,50 @@
+"""QVHighlights: already in the unified layout (windows + 2-s clip ids + 3 saliency raters).
+
+The test release has no labels, and the schema requires at least one window per query, so only
+train and val load (the unlabeled test queries are listed by `qvhighlights_test_queries`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from c2f_lib.data.adapters.base import CleaningReport, DatasetFormatError, LoadedSplit, clean_window, need_file
+from c2f_lib.data.schema import MomentQuery
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for line_no, line in enumerate(need_file(path).read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DatasetFormatError(path, f"line {line_no}: not valid JSON ({err.msg})") from None
+    return rows
+
+
+def load_qvhighlights(folder: Path, split: str) -> LoadedSplit:
+    path = folder / f"highlight_{split}_release.jsonl"
+    report = CleaningReport()
+    moments = []
+    rows = _read_jsonl(path)
+    for line_no, row in enumerate(rows, start=1):
+        if "relevant_windows" not in row:
+            raise DatasetFormatError(path, f"line {line_no}: no relevant_windows (unlabeled split?)")
+        where = f"{path.name}:{line_no}"
+        windows = [w for w in (clean_window(s, e, row["duration"], report, where)
+                               for s, e in row["relevant_windows"]) if w is not None]
+        if not windows:
+            report.add("dropped query without a valid window", where)
+            continue
+        moments.append(MomentQuery(qid=row["qid"], query=row["query"], vid=row["vid"],
+                                   duration=float(row["duration"]), relevant_windows=windows,
+                                   relevant_clip_ids=row.get("relevant_clip_ids"),
+                                   saliency_scores=row.get("saliency_scores")))
+    return LoadedSplit("qvhighlights", split, moments, [], report, [str(path)],
+                       {"queries": len(rows), "videos": len({r["vid"] for r in rows})})
+
+
+def qvhighlights_test_queries(folder: Path) -> list[dict]:
+    """The unlabeled test queries ({qid, query, vid, duration}) for producing a submission."""
+    return _read_jsonl(folder / "highlight_test_release.jsonl")
