@@ -28,4 +28,4 @@ test: env
 
 # Strip outputs from every notebook in place (tests/test_notebooks_clean.py checks this was done).
 clean-notebooks: env
-	$(BIN)/nbstripout notebooks/*.ipynb notebooks/drafts/*.ipynb
+	$(BIN)/nbstripout notebooks/*.ipynb
