@@ -28,9 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             command.set_defaults(_missing=module_name)
             continue
-        adder = getattr(module, f"add_{name.replace('-', '_')}_arguments", module.add_arguments)
+        suffix = name.replace("-", "_")
+        # A module serving several commands names its functions per command.
+        adder = getattr(module, f"add_{suffix}_arguments", None) or module.add_arguments
+        runner = getattr(module, f"main_{suffix}", None) or module.main
         adder(command)
-        command.set_defaults(_main=getattr(module, f"main_{name.replace('-', '_')}", module.main))
+        command.set_defaults(_main=runner)
     return parser
 
 

@@ -1,0 +1,129 @@
+"""The evaluation report (notebook 06): every coarse method x the best fine model, in one markdown file.
+
+    stages = stage_metrics(run_dir)                   # metrics json of 03/04/05 (None where missing)
+    ckpts = find_checkpoints(run_dir, seed)           # {"coarse": {method: path}, "fine": {...}}
+    results = evaluate_methods(ckpts, store, moments_jsonl, cfg, ks_videos=(1, 5, 10))
+    write_report(run_dir, build_report(stages, results, figures))
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from c2f_lib.evaluation.vcmr import evaluate_vcmr, iou_of_top1
+from c2f_lib.models.registry import load_model
+from c2f_lib.paths import RunPaths
+from c2f_lib.pipeline.search import SearchConfig, load_split, localise, records_by_k
+from c2f_lib.utils import atomic_write_text, read_json
+
+# stage -> kind of model it trains (checkpoints/<stage>/<name>_seed<seed>.pt)
+STAGES = {"03_coarse": "coarse", "04_textdiff": "coarse", "05_fine": "fine"}
+# Preference among fine models when no stage metric says which is best (the papers' order).
+FINE_PREFERENCE = ("mesm", "qd_detr", "moment_detr")
+
+
+def stage_metrics(run_dir: str | Path) -> dict[str, dict | None]:
+    """Each upstream stage's metrics json, or None when the stage has not run."""
+    paths = RunPaths(run_dir)
+    return {stage: read_json(paths.metrics_file(stage)) if paths.metrics_file(stage).exists() else None
+            for stage in STAGES}
+
+
+def find_checkpoints(run_dir: str | Path, seed: int = 0) -> dict[str, dict[str, Path]]:
+    """{"coarse": {method: path}, "fine": {model: path}} from checkpoints/<stage>/<name>_seed<seed>.pt."""
+    paths = RunPaths(run_dir)
+    found: dict[str, dict[str, Path]] = {"coarse": {}, "fine": {}}
+    for stage, kind in STAGES.items():
+        for path in sorted(paths.checkpoints(stage).glob(f"*_seed{seed}.pt")):
+            found[kind][path.name.removesuffix(f"_seed{seed}.pt")] = path
+    return found
+
+
+def best_fine(fine: dict[str, Path]) -> str | None:
+    ranked = sorted(fine, key=lambda n: (FINE_PREFERENCE.index(n) if n in FINE_PREFERENCE else len(FINE_PREFERENCE), n))
+    return ranked[0] if ranked else None
+
+
+@dataclass
+class MethodResult:
+    method: str                     # coarse method
+    fine: str                       # fine model
+    metrics: dict[str, float]       # evaluate_vcmr at cfg.k_videos
+    by_k: dict[int, dict[str, float]]   # k_videos -> metrics
+    top1_iou: np.ndarray            # [Q] IoU of each query's first corpus moment
+    records: list[dict]             # prediction records at cfg.k_videos
+
+
+def evaluate_methods(checkpoints: dict[str, dict[str, Path]], store: str | Path, moments_jsonl: str | Path,
+                     cfg: SearchConfig, ks_videos: Sequence[int] = (1, 5, 10),
+                     device: str = "cpu") -> list[MethodResult]:
+    """Coarse-to-fine VCMR for every coarse checkpoint x the best fine checkpoint."""
+    fine_name = best_fine(checkpoints["fine"])
+    if fine_name is None or not checkpoints["coarse"]:
+        return []
+    corpus, queries = load_split(store, moments_jsonl)
+    gts = [{"qid": q, "vid": v, "relevant_windows": w}
+           for q, v, w in zip(queries.qids, queries.gt_vids, queries.gt_windows)]
+    fine = load_model(checkpoints["fine"][fine_name], map_location=device)[0]
+    ks = sorted({*ks_videos, cfg.k_videos})
+    ks = [k for k in ks if k <= len(corpus.video_ids)]
+    results = []
+    for method, path in checkpoints["coarse"].items():
+        coarse = load_model(path, map_location=device)[0]
+        cands = localise(coarse, fine, queries, corpus, dataclasses.replace(cfg, k_videos=max(ks)))
+        per_k = records_by_k(coarse, cands, cfg, ks)
+        by_k = {k: evaluate_vcmr(recs, gts, k_videos=(k,)) for k, recs in per_k.items()}
+        k_main = min(cfg.k_videos, max(ks))
+        records = per_k[k_main]
+        results.append(MethodResult(method, fine_name, by_k[k_main], by_k, iou_of_top1(records, gts), records))
+    return results
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return head + "".join("| " + " | ".join(fmt(r.get(c, "—")) for c in columns) + " |\n" for r in rows)
+
+
+HEADLINE = ("VR-R@1", "VR-R@10", "SVMR-R@1-IoU0.5", "SVMR-R@1-IoU0.7", "VCMR-R@1-IoU0.5",
+            "VCMR-R@1-IoU0.7", "VCMR-R@10-IoU0.5", "VCMR-R@100-IoU0.7")
+
+
+def build_report(stages: dict[str, dict | None], results: list[MethodResult], figures: dict[str, Path],
+                 cfg: SearchConfig, split: str, notes: Sequence[str] = ()) -> str:
+    """Markdown: which stages ran, the headline table, effect of K, figures (paths relative to run_dir)."""
+    lines = ["# c2f evaluation report", "",
+             f"Coarse-to-fine video-corpus moment retrieval on the `{split}` split: top-{cfg.k_videos} "
+             f"videos from each coarse method, moments from the best fine model, `{cfg.fusion}` fusion.", "",
+             "## Stages", ""]
+    for stage, metrics in stages.items():
+        lines.append(f"- `{stage}`: " + ("metrics found" if metrics is not None else "**missing** (stage not run)"))
+    lines += [f"- {note}" for note in notes]
+    lines += ["", "## Coarse-to-fine VCMR (percent)", ""]
+    if results:
+        rows = [{"coarse": r.method, "fine": r.fine, **r.metrics} for r in results]
+        lines.append(_table(rows, ["coarse", "fine", f"Ceiling@{cfg.k_videos}", *HEADLINE]))
+        lines += ["## Effect of K (videos searched)", ""]
+        rows = [{"coarse": r.method, "K": k, "Ceiling@K": m[f"Ceiling@{k}"], **m}
+                for r in results for k, m in r.by_k.items()]
+        lines.append(_table(rows, ["coarse", "K", "Ceiling@K", "VCMR-R@1-IoU0.5", "VCMR-R@1-IoU0.7"]))
+    else:
+        lines.append("**Not evaluated**: needs at least one coarse and one fine checkpoint.")
+    for name, path in figures.items():
+        lines += ["", f"### {name}", "", f"![{name}]({path})"]
+    for stage, metrics in stages.items():
+        if metrics is not None:
+            flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if flat:
+                lines += ["", f"## `{stage}` headline numbers", "", _table([flat], list(flat))]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: str | Path, markdown: str) -> Path:
+    path = RunPaths(run_dir).run_dir / "report.md"
+    atomic_write_text(path, markdown)
+    return path

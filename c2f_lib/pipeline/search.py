@@ -1,0 +1,341 @@
+"""Coarse-to-fine search: query -> top-K videos (coarse retriever) -> moments in each (fine model).
+
+The two stages are any models of the contracts in docs/ARCHITECTURE.md:
+``coarse.score(text_emb [T,D], frames [V,F,D], chunk_size, generator) -> [T,V]`` and
+``fine.predict(samples: list[MomentSample], top_k) -> list[dict]`` (QVHighlights format).
+
+Optionally a first, query-independent stage (`CorpusIndex`, FAISS over mean frame embeddings) cuts
+the corpus to `shortlist_size` candidates before the query-conditioned coarse model re-ranks them,
+so the per-query cost stops growing with the corpus.
+
+Score fusion (`SearchConfig.fusion`) turns a video's coarse similarity s_v and a moment's fine score
+f_m in [0, 1] into one corpus-wide score. With p_v = softmax(s / temperature) over the K shortlisted
+videos (the coarse model's learned temperature unless one is given):
+
+* ``"fine"``     — f_m. The coarse stage only decides which videos are searched.
+* ``"product"``  — p_v * f_m, XML-style late fusion (probability the video is right x moment score).
+* ``"weighted"`` — alpha * log p_v + (1 - alpha) * log f_m, log-linear with a tunable alpha
+  (alpha = 0.5 ranks exactly like "product"; alpha = 0 like "fine").
+
+Search output per query is one record in the prediction format of `c2f_lib.evaluation.vcmr`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+from c2f_lib.data.schema import read_moments
+from c2f_lib.features.store import FeatureStore, load_moment_samples
+from c2f_lib.features.types import MomentSample
+from c2f_lib.progress import progress
+
+FUSIONS = ("fine", "product", "weighted")
+# Fine scores are clamped before the log of "weighted" fusion.
+SCORE_EPS = 1e-6
+# CLIP's initial logit scale: the softmax temperature when a coarse model has no learned one.
+DEFAULT_TEMPERATURE = 0.01
+
+
+@dataclass
+class SearchConfig:
+    k_videos: int = 10                  # videos per query handed to the fine model
+    fusion: str = "product"             # one of FUSIONS (see the module docstring)
+    alpha: float = 0.5                  # coarse weight of "weighted" fusion
+    temperature: float | None = None    # softmax temperature over coarse scores; None = model's own
+    moments_per_video: int = 5          # fine predictions kept per searched video
+    top_moments: int = 100              # length of each query's corpus-wide moment list
+    shortlist_size: int | None = None   # FAISS candidates re-ranked by the coarse model; None = all
+    keep_videos: int = 100              # length of the recorded coarse ranking (VR R@100)
+    chunk_size: int = 16                # texts per coarse scoring chunk (memory bound)
+    fine_batch_size: int = 64           # (query, video) pairs per fine predict() call
+    seed: int = 0                       # stochastic coarse models (T-MASS) draw from this
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.k_videos < 1 or self.moments_per_video < 1 or self.top_moments < 1:
+            raise ValueError("k_videos, moments_per_video and top_moments must be >= 1")
+        if self.shortlist_size is not None and self.shortlist_size < self.k_videos:
+            raise ValueError(f"shortlist_size {self.shortlist_size} < k_videos {self.k_videos}")
+
+
+class CoarseModel(Protocol):
+    def score(self, text_emb: torch.Tensor, frames: torch.Tensor, chunk_size: int = ...,
+              generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+
+class FineModel(Protocol):
+    def predict(self, samples: list[MomentSample], top_k: int = ...) -> list[dict]: ...
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass
+class Corpus:
+    """The searchable videos: frame features for the coarse stage, clip features for the fine one."""
+
+    video_ids: list[str]
+    frames: torch.Tensor              # [V, F, D]
+    clips: list[torch.Tensor]         # V x [L_v, Dv]
+    durations: list[float]            # V, seconds
+    clip_len: float                   # seconds per clip feature
+
+    def __post_init__(self) -> None:
+        V = len(self.video_ids)
+        if self.frames.shape[0] != V or len(self.clips) != V or len(self.durations) != V:
+            raise ValueError("Corpus: video_ids, frames, clips and durations differ in length")
+        self.position = {vid: i for i, vid in enumerate(self.video_ids)}
+
+
+@dataclass
+class Queries:
+    """Text queries with their features and, for evaluation, their ground truth."""
+
+    qids: list[str | int]
+    texts: list[str]
+    sentence: torch.Tensor                       # [T, D] for the coarse stage
+    tokens: list[torch.Tensor]                   # T x [Lq, Dt] for the fine stage
+    gt_vids: list[str | None] = field(default_factory=list)        # empty = unknown (user search)
+    gt_windows: list[list[list[float]]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+class TextEncoder(Protocol):
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """texts -> (sentence embeddings [T, D], token features T x [Lq, Dt])."""
+
+
+class StoreTextEncoder:
+    """Looks texts up in a feature store (works for any text extracted with the store's backbone)."""
+
+    def __init__(self, store_path: str | Path):
+        self.store_path = Path(store_path)
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with FeatureStore(self.store_path) as store:
+            missing = [t for t in texts if not store.has_text(t)]
+            if missing:
+                raise KeyError(f"{self.store_path}: no features for text {missing[0]!r}; this store only "
+                               f"knows the texts it was built with (use a backbone text encoder)")
+            sentence = torch.stack([torch.from_numpy(store.sentence(t)).float() for t in texts])
+            tokens = [torch.from_numpy(store.tokens(t)).float() for t in texts]
+        return sentence, tokens
+
+
+class BackboneTextEncoder:
+    """Encodes any text with the frozen backbone the store was built with (c2f_lib.features.backbones)."""
+
+    def __init__(self, backbone):
+        self.backbone = backbone
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        sentence = self.backbone.encode_sentences(texts)                    # [T, D]
+        hidden, mask = self.backbone.encode_tokens(texts)                   # [T, Lq, Dt], [T, Lq]
+        return sentence, [h[m] for h, m in zip(hidden, mask)]
+
+
+def load_corpus(store_path: str | Path, video_ids: Sequence[str] | None = None) -> Corpus:
+    """Frames, clips and durations of `video_ids` (default: every video in the store)."""
+    with FeatureStore(store_path) as store:
+        video_ids = list(video_ids) if video_ids is not None else store.video_ids()
+        missing = [v for v in video_ids if not store.has_video(v)]
+        if missing:
+            raise KeyError(f"{store_path}: {len(missing)} video(s) not in the store, e.g. {missing[:3]}")
+        frames = [store.frames(v) for v in video_ids]
+        if len({f.shape[0] for f in frames}) > 1:
+            raise ValueError(f"{store_path}: videos hold different numbers of frames")
+        clips = [torch.from_numpy(store.clips(v)).float() for v in video_ids]
+        durations = []
+        for vid, clip in zip(video_ids, clips):
+            duration = float(store.video_attrs(vid).get("duration", float("nan")))
+            durations.append(duration if math.isfinite(duration) else clip.shape[0] * store.meta.clip_len)
+        return Corpus(video_ids=video_ids, frames=torch.from_numpy(np.stack(frames)).float(),
+                      clips=clips, durations=durations, clip_len=store.meta.clip_len)
+
+
+def load_queries(store_path: str | Path, moments_jsonl: str | Path) -> Queries:
+    """The moment queries of a split with their sentence/token features and ground truth."""
+    samples = load_moment_samples(store_path, moments_jsonl)
+    sentence, _ = StoreTextEncoder(store_path)([s.query for s in samples])
+    return Queries(qids=[s.qid for s in samples], texts=[s.query for s in samples], sentence=sentence,
+                   tokens=[s.token_feats for s in samples], gt_vids=[s.vid for s in samples],
+                   gt_windows=[s.windows for s in samples])
+
+
+def load_split(store_path: str | Path, moments_jsonl: str | Path) -> tuple[Corpus, Queries]:
+    """Corpus = every video the split's moment queries mention; queries = those queries."""
+    vids = list(dict.fromkeys(r.vid for r in read_moments(moments_jsonl)))
+    with FeatureStore(store_path) as store:
+        vids = [v for v in vids if store.has_video(v)]  # undecodable ones are reported by load_queries
+    return load_corpus(store_path, vids), load_queries(store_path, moments_jsonl)
+
+
+# ----------------------------------------------------------------------------- stage 1: rank videos
+def _device_of(model: object) -> torch.device:
+    params = getattr(model, "parameters", None)
+    first = next(iter(params()), None) if params else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def rank_videos(coarse: CoarseModel, text_emb: torch.Tensor, corpus: Corpus, cfg: SearchConfig,
+                index=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coarse scores and corpus indices of each query's best videos -> ([T, N], [T, N]), best first.
+
+    Exhaustive: the coarse model scores all V videos. With `index` (a `CorpusIndex`) and
+    `cfg.shortlist_size`, it only re-ranks the index's `shortlist_size` nearest videos per query.
+    """
+    generator = torch.Generator().manual_seed(cfg.seed)
+    device = _device_of(coarse)
+    V = len(corpus.video_ids)
+    if index is None or cfg.shortlist_size is None or cfg.shortlist_size >= V:
+        scores = coarse.score(text_emb.to(device), corpus.frames.to(device), chunk_size=cfg.chunk_size,
+                              generator=generator).cpu()                          # [T, V]
+        return scores.topk(min(cfg.keep_videos, V), dim=1)
+    _, candidates = index.search(text_emb, cfg.shortlist_size)                     # [T, S]
+    candidates = torch.as_tensor(candidates, dtype=torch.long)
+    out_scores, out_index = [], []
+    for t in range(text_emb.shape[0]):
+        cand = candidates[t][candidates[t] >= 0]                                   # FAISS pads with -1
+        s = coarse.score(text_emb[t:t + 1].to(device), corpus.frames[cand].to(device),
+                         chunk_size=cfg.chunk_size, generator=generator)[0].cpu()  # [S]
+        top = s.topk(min(cfg.keep_videos, len(cand)))
+        out_scores.append(top.values)
+        out_index.append(cand[top.indices])
+    width = min(len(s) for s in out_scores)
+    return torch.stack([s[:width] for s in out_scores]), torch.stack([i[:width] for i in out_index])
+
+
+# ----------------------------------------------------------------------------- stage 2: localise
+def _sample(queries: Queries, q: int, corpus: Corpus, v: int) -> MomentSample:
+    """The fine model's input for query q in video v. Outside the GT video (or with no GT) the query
+    has no window and zero saliency; predict() never looks at either, but collation builds them."""
+    is_gt = bool(queries.gt_vids) and queries.gt_vids[q] == corpus.video_ids[v]
+    clips = corpus.clips[v]                                                          # [L, Dv]
+    return MomentSample(qid=queries.qids[q], query=queries.texts[q], vid=corpus.video_ids[v],
+                        duration=corpus.durations[v], clip_len=corpus.clip_len,
+                        clip_feats=clips, token_feats=queries.tokens[q],
+                        windows=queries.gt_windows[q] if is_gt else [],
+                        saliency=None if is_gt else torch.zeros(clips.shape[0]))
+
+
+def _predict(fine: FineModel, pairs: list[tuple[int, int]], queries: Queries, corpus: Corpus,
+             cfg: SearchConfig, desc: str) -> list[dict]:
+    """Fine predictions for (query index, video index) pairs, in batches."""
+    out: list[dict] = []
+    batches = range(0, len(pairs), cfg.fine_batch_size)
+    for start in progress(batches, desc=desc, disable=len(batches) < 4):
+        chunk = pairs[start:start + cfg.fine_batch_size]
+        with torch.no_grad():
+            out.extend(fine.predict([_sample(queries, q, corpus, v) for q, v in chunk],
+                                    top_k=cfg.moments_per_video))
+    return out
+
+
+@dataclass
+class Candidates:
+    """One query's coarse ranking and the fine predictions for its first videos (before fusion)."""
+
+    qid: str | int
+    query: str
+    gt_vid: str | None
+    ranked: list[tuple[str, float]]           # coarse ranking, best first
+    fine: dict[str, dict]                      # vid -> fine prediction, for the first searched videos
+    gt_fine: dict | None = None                # fine prediction on the GT video (SVMR), if known
+
+
+def localise(coarse: CoarseModel, fine: FineModel, queries: Queries, corpus: Corpus,
+             cfg: SearchConfig, index=None, with_gt: bool = True) -> list[Candidates]:
+    """Rank videos, then run the fine model in each query's first `cfg.k_videos` videos (+ GT video)."""
+    scores, order = rank_videos(coarse, queries.sentence, corpus, cfg, index)     # [T, N]
+    k = min(cfg.k_videos, order.shape[1])
+    pairs = [(q, int(v)) for q in range(len(queries)) for v in order[q, :k]]
+    gt_pairs = []
+    if with_gt and queries.gt_vids:  # SVMR: the GT video too, unless the shortlist already has it
+        gt_pairs = [(q, corpus.position[vid]) for q, vid in enumerate(queries.gt_vids)
+                    if (q, corpus.position[vid]) not in set(pairs[q * k:(q + 1) * k])]
+    preds = _predict(fine, pairs + gt_pairs, queries, corpus, cfg, "fine stage")
+    fine_by_query: list[dict[str, dict]] = [{} for _ in range(len(queries))]
+    for (q, v), pred in zip(pairs + gt_pairs, preds):
+        fine_by_query[q][corpus.video_ids[v]] = pred
+    out = []
+    for q in range(len(queries)):
+        gt_vid = queries.gt_vids[q] if queries.gt_vids else None
+        ranked = [(corpus.video_ids[int(v)], float(s)) for v, s in zip(order[q], scores[q])]
+        searched = {vid: fine_by_query[q][vid] for vid, _ in ranked[:k]}
+        out.append(Candidates(qid=queries.qids[q], query=queries.texts[q], gt_vid=gt_vid, ranked=ranked,
+                              fine=searched, gt_fine=fine_by_query[q].get(gt_vid) if with_gt else None))
+    return out
+
+
+# ----------------------------------------------------------------------------- fusion
+def coarse_temperature(coarse: object, cfg: SearchConfig) -> float:
+    """cfg.temperature, else 1 / exp(logit_scale) learned by the coarse model, else CLIP's 0.01."""
+    if cfg.temperature is not None:
+        return cfg.temperature
+    scale = getattr(coarse, "logit_scale", None)
+    if isinstance(scale, torch.Tensor):
+        return float(torch.exp(-scale.detach().float()).clamp(min=1e-4))
+    return DEFAULT_TEMPERATURE
+
+
+def fuse(video_prob: float, fine_score: float, cfg: SearchConfig) -> float:
+    """One moment's corpus-wide score (see the module docstring)."""
+    if cfg.fusion == "fine":
+        return fine_score
+    if cfg.fusion == "product":
+        return video_prob * fine_score
+    return (cfg.alpha * math.log(max(video_prob, SCORE_EPS))
+            + (1 - cfg.alpha) * math.log(max(fine_score, SCORE_EPS)))
+
+
+def to_record(cand: Candidates, cfg: SearchConfig, temperature: float, k_videos: int | None = None,
+              keep_saliency: bool = False) -> dict:
+    """Fuse one query's candidates over its first `k_videos` videos into a vcmr prediction record."""
+    k = min(k_videos or cfg.k_videos, len(cand.ranked))
+    searched = [vid for vid, _ in cand.ranked[:k]]
+    missing = [vid for vid in searched if vid not in cand.fine]
+    if missing:
+        raise ValueError(f"qid {cand.qid!r}: no fine predictions for {missing[:3]}; "
+                         f"localise() with k_videos >= {k}")
+    sims = torch.tensor([s for _, s in cand.ranked[:k]])
+    probs = torch.softmax(sims / temperature, dim=0).tolist()                     # [k]
+    moments = [[vid, float(w[0]), float(w[1]), fuse(p, float(w[2]), cfg)]
+               for vid, p in zip(searched, probs)
+               for w in cand.fine[vid]["pred_relevant_windows"]]
+    moments.sort(key=lambda m: -m[3])  # stable: ties keep the coarse order
+    record = {"qid": cand.qid, "query": cand.query, "gt_vid": cand.gt_vid,
+              "ranked_videos": [[vid, s] for vid, s in cand.ranked],
+              "moments": moments[:cfg.top_moments]}
+    if cand.gt_fine is not None:
+        record["gt_moments"] = [[float(s), float(e), float(c)]
+                                for s, e, c in cand.gt_fine["pred_relevant_windows"]]
+    if keep_saliency:
+        record["saliency"] = {vid: list(map(float, cand.fine[vid].get("pred_saliency_scores", [])))
+                              for vid in searched}
+    return record
+
+
+def search(coarse: CoarseModel, fine: FineModel, queries: Queries, corpus: Corpus,
+           cfg: SearchConfig, index=None, keep_saliency: bool = False) -> list[dict]:
+    """Coarse-to-fine search for every query -> vcmr prediction records (one per query)."""
+    temperature = coarse_temperature(coarse, cfg)
+    return [to_record(c, cfg, temperature, keep_saliency=keep_saliency)
+            for c in localise(coarse, fine, queries, corpus, cfg, index)]
+
+
+def records_by_k(coarse: CoarseModel, candidates: list[Candidates], cfg: SearchConfig,
+                 ks: Sequence[int]) -> dict[int, list[dict]]:
+    """Records for several shortlist sizes from one `localise` run with k_videos = max(ks)."""
+    temperature = coarse_temperature(coarse, cfg)
+    return {k: [to_record(c, dataclasses.replace(cfg, k_videos=k), temperature, k_videos=k)
+                for c in candidates] for k in ks}
