@@ -20,7 +20,8 @@ from c2f_lib.paths import RunPaths
 from c2f_lib.pipeline.search import SearchConfig, load_split, localise, records_by_k
 from c2f_lib.utils import atomic_write_text, read_json
 
-# stage -> kind of model it trains (checkpoints/<stage>/<name>_seed<seed>.pt)
+# stage -> kind of model it trains (checkpoints/<stage>/<name>_seed<seed>.pt, or
+# checkpoints/<stage>/<name>_seed<seed>/<name>.pt for stages that keep several files per seed)
 STAGES = {"03_coarse": "coarse", "04_textdiff": "coarse", "05_fine": "fine"}
 # Preference among fine models when no stage metric says which is best (the papers' order).
 FINE_PREFERENCE = ("mesm", "qd_detr", "moment_detr")
@@ -34,12 +35,17 @@ def stage_metrics(run_dir: str | Path) -> dict[str, dict | None]:
 
 
 def find_checkpoints(run_dir: str | Path, seed: int = 0) -> dict[str, dict[str, Path]]:
-    """{"coarse": {method: path}, "fine": {model: path}} from checkpoints/<stage>/<name>_seed<seed>.pt."""
+    """{"coarse": {method: path}, "fine": {model: path}} for one seed, from every trained stage."""
     paths = RunPaths(run_dir)
     found: dict[str, dict[str, Path]] = {"coarse": {}, "fine": {}}
+    suffix = f"_seed{seed}"
     for stage, kind in STAGES.items():
-        for path in sorted(paths.checkpoints(stage).glob(f"*_seed{seed}.pt")):
-            found[kind][path.name.removesuffix(f"_seed{seed}.pt")] = path
+        for path in sorted(paths.checkpoints(stage).glob(f"*{suffix}.pt")):
+            found[kind][path.name.removesuffix(f"{suffix}.pt")] = path
+        for folder in sorted(paths.checkpoints(stage).glob(f"*{suffix}")):
+            name = folder.name.removesuffix(suffix)
+            if (folder / f"{name}.pt").is_file():
+                found[kind][name] = folder / f"{name}.pt"
     return found
 
 
