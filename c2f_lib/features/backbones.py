@@ -1,0 +1,196 @@
+"""Frozen image-text backbones behind one interface (open_clip or transformers' CLIPModel).
+
+    backbone = load_backbone("ViT-B-32:openai")        # open_clip name:tag (downloads once)
+    backbone = load_backbone("ViT-B-16:/w/model.pt")   # open_clip name:local weights file
+    backbone = load_backbone("hf:/w/clip-vit-base-patch32")  # transformers hub id or local dir
+    backbone = load_backbone("tinyclip")               # the embedded default (trained on SynthMoments)
+
+    backbone.encode_frames(uint8 [N, H, W, 3])  -> [N, D]     projected image embeddings
+    backbone.encode_sentences(list[str])        -> [T, D]     projected EOT features (X-Pool's t)
+    backbone.encode_tokens(list[str])           -> ([T, Lq, Dt], mask [T, Lq])
+                                                   text transformer last hidden states (after the
+                                                   final LayerNorm, before projection: MESM/QD-DETR)
+
+Nothing is normalised here; every output is float32 on the CPU.
+"""
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class Backbone(ABC):
+    """A frozen CLIP-like model. Subclasses set the attributes below and the three text/image hooks."""
+
+    name: str             # the spec it was loaded from, e.g. "ViT-B-32:openai"
+    weights: str          # what pins the weights: tag, file path, or content hash
+    image_size: int
+    embed_dim: int        # D
+    token_dim: int        # Dt
+    device: str
+    dtype: torch.dtype
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> normalised [N, 3, S, S]: bicubic resize of the short side, centre crop."""
+        x = torch.as_tensor(frames).to(self.device).permute(0, 3, 1, 2).float() / 255.0  # [N, 3, H, W]
+        h, w = x.shape[-2:]
+        scale = self.image_size / min(h, w)
+        size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+        top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
+        x = x[..., top:top + self.image_size, left:left + self.image_size].clamp(0, 1)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(self.dtype)
+
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray | torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        out = [self._image_features(self.preprocess(frames[i:i + batch_size]))
+               for i in range(0, len(frames), batch_size)]
+        return torch.cat(out).float().cpu() if out else torch.zeros(0, self.embed_dim)  # [N, D]
+
+    @torch.no_grad()
+    def encode_sentences(self, texts: list[str]) -> torch.Tensor:
+        return self._text_features(texts)[1].float().cpu()  # [T, D]
+
+    @torch.no_grad()
+    def encode_tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, _, mask = self._text_features(texts)
+        return hidden.float().cpu(), mask.cpu()  # [T, Lq, Dt], [T, Lq] bool
+
+    @abstractmethod
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] -> [N, D]"""
+
+    @abstractmethod
+    def _text_features(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> hidden [T, Lq, Dt], sentence [T, D], mask [T, Lq] (Lq = longest text in the batch)."""
+
+
+class OpenClipBackbone(Backbone):
+    """An open_clip model: `pretrained` is a tag (downloaded by open_clip), a weights file, or None."""
+
+    def __init__(self, model_name: str, pretrained: str | None, device: str = "cpu", precision: str = "fp32",
+                 name: str | None = None, model: torch.nn.Module | None = None):
+        import open_clip
+
+        if model is None:
+            model = open_clip.create_model(model_name, pretrained=pretrained, precision=precision,
+                                           device=device, require_pretrained=pretrained is not None)
+        self.model = model.eval().requires_grad_(False).to(device)
+        if not hasattr(self.model, "token_embedding"):
+            raise ValueError(f"{model_name}: only open_clip's standard CLIP class exposes token features")
+        self.tokenizer = open_clip.get_tokenizer(model_name, context_length=self.model.context_length)
+        cfg = open_clip.get_model_preprocess_cfg(self.model)
+        size = cfg.get("size", 224)
+        self.image_size = size if isinstance(size, int) else size[0]
+        self.mean, self.std = tuple(cfg.get("mean", CLIP_MEAN)), tuple(cfg.get("std", CLIP_STD))
+        self.name = name or f"{model_name}:{pretrained}"
+        self.weights = str(pretrained)
+        self.device, self.dtype = device, next(self.model.parameters()).dtype
+        self.embed_dim = int(self.model.text_projection.shape[-1] if self.model.text_projection is not None
+                             else self.model.ln_final.normalized_shape[0])
+        self.token_dim = int(self.model.ln_final.normalized_shape[0])
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _text_features(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tokens = self.tokenizer(texts).to(self.device)  # [T, context_length], 0 = padding
+        m = self.model
+        x = m.token_embedding(tokens).to(self.dtype) + m.positional_embedding.to(self.dtype)
+        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))  # [T, C, Dt]
+        # The EOT token has the largest id in CLIP's vocabulary: it marks the pooled position.
+        sentence = x[torch.arange(len(texts)), tokens.argmax(-1)]  # [T, Dt]
+        if m.text_projection is not None:
+            sentence = m.text_projection(sentence) if isinstance(m.text_projection, torch.nn.Linear) \
+                else sentence @ m.text_projection
+        mask = tokens != 0
+        longest = int(mask.sum(1).max())
+        return x[:, :longest], sentence, mask[:, :longest]
+
+
+class HFClipBackbone(Backbone):
+    """transformers' CLIPModel from a hub id (downloaded by transformers) or a local directory."""
+
+    def __init__(self, source: str, device: str = "cpu", precision: str = "fp32", name: str | None = None):
+        from transformers import AutoTokenizer, CLIPModel
+
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.model = CLIPModel.from_pretrained(source, dtype=dtype).eval().requires_grad_(False).to(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        cfg = self.model.config
+        self.image_size = cfg.vision_config.image_size
+        self.mean, self.std = CLIP_MEAN, CLIP_STD
+        preprocessor = Path(source) / "preprocessor_config.json"
+        if preprocessor.is_file():
+            pp = json.loads(preprocessor.read_text())
+            self.mean, self.std = tuple(pp.get("image_mean", CLIP_MEAN)), tuple(pp.get("image_std", CLIP_STD))
+        self.name, self.weights = name or f"hf:{source}", str(source)
+        self.device, self.dtype = device, dtype
+        self.embed_dim, self.token_dim = cfg.projection_dim, cfg.text_config.hidden_size
+        self.context_length = cfg.text_config.max_position_embeddings
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled = self.model.vision_model(pixel_values=pixels).pooler_output  # [N, width]
+        return self.model.visual_projection(pooled)
+
+    def _text_features(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.context_length,
+                               return_tensors="pt").to(self.device)
+        out = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        sentence = self.model.text_projection(out.pooler_output)  # [T, D]
+        return out.last_hidden_state, sentence, batch["attention_mask"].bool()
+
+
+def write_hf_clip_tokenizer(directory: str | Path) -> Path:
+    """Write vocab.json / merges.txt for transformers' CLIPTokenizer from open_clip's bundled BPE.
+
+    Both libraries ship the same OpenAI CLIP BPE, so a local CLIPModel directory that lacks its
+    tokenizer files can be completed offline.
+    """
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe = SimpleTokenizer()
+    # Same ids; transformers names the special tokens <|startoftext|> / <|endoftext|>.
+    renamed = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {renamed.get(token, token): index for token, index in bpe.encoder.items()}
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt")).save_pretrained(directory)
+    return directory
+
+
+def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32",
+                  dataset_dir: str | Path | None = None, tiny_cfg=None) -> Backbone:
+    """Backbone from a spec: 'tinyclip' (trained on `dataset_dir`, cached), 'tinyclip:<checkpoint>',
+    'hf:<hub id or dir>', 'local-dir:<open_clip dir>', '<open_clip model>:<tag or weights file>'."""
+    if spec == "tinyclip" or spec.startswith("tinyclip:"):
+        from c2f_lib.features.tiny_clip import load_tiny_clip
+
+        checkpoint = spec.partition(":")[2] or None
+        return load_tiny_clip(dataset_dir, tiny_cfg, device=device, checkpoint=checkpoint)
+    if spec.startswith("local-dir:"):
+        return OpenClipBackbone(spec, None, device=device, precision=precision, name=spec)
+    if spec.startswith("hf:"):
+        return HFClipBackbone(spec[3:], device=device, precision=precision, name=spec)
+    model_name, sep, pretrained = spec.partition(":")
+    if not sep or not pretrained:
+        raise ValueError(f"backbone {spec!r}: use 'tinyclip', 'hf:<hub id or dir>' or "
+                         f"'<open_clip model>:<pretrained tag or weights file>' (e.g. ViT-B-32:openai)")
+    return OpenClipBackbone(model_name, pretrained, device=device, precision=precision, name=spec)

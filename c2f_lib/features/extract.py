@@ -1,0 +1,127 @@
+"""Extract a dataset's video and text features into its feature store (resumable).
+
+Videos are decoded by a DataLoader (parallel workers on a GPU box, in-process on a laptop), encoded
+by the backbone, and written one video group at a time; texts (moment queries and video captions
+of every split) get a sentence embedding and per-token features. A video that cannot be decoded
+is recorded in `<store>.failures.json` with the reason, and extraction goes on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from c2f_lib.data.schema import read_captions, read_moments
+from c2f_lib.features.backbones import Backbone
+from c2f_lib.features.decode import SampledVideo, VideoDecodeError, sample_video
+from c2f_lib.features.store import FeatureStoreWriter, StoreMeta, failures_path, read_failures
+from c2f_lib.progress import progress
+from c2f_lib.utils import atomic_write_json
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+
+
+@dataclass
+class ExtractConfig:
+    num_frames: int = 12          # "frames" sampling (coarse stage)
+    clip_len: float = 2.0         # "clips" sampling (fine stage), seconds
+    frames_per_clip: int = 1      # frames mean-pooled per clip
+    backend: str = "auto"         # decord, pyav, or auto (decord, then PyAV)
+    num_workers: int = 0          # decoding processes (0 = in this process)
+    text_batch: int = 256
+
+
+def dataset_annotations(dataset_dir: str | Path, splits: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(video ids, texts) mentioned by the moments_/captions_<split>.jsonl files of a dataset folder."""
+    dataset_dir = Path(dataset_dir)
+    files = sorted(dataset_dir.glob("moments_*.jsonl")) + sorted(dataset_dir.glob("captions_*.jsonl"))
+    if splits is not None:
+        files = [f for f in files if f.stem.split("_", 1)[1] in splits]
+    if not files:
+        raise FileNotFoundError(f"{dataset_dir}: no moments_<split>.jsonl or captions_<split>.jsonl files")
+    vids, texts = {}, {}
+    for path in files:
+        if path.name.startswith("moments_"):
+            for r in read_moments(path):
+                vids[r.vid] = texts[r.query] = None
+        else:
+            for r in read_captions(path):
+                vids[r.vid] = None
+                texts.update(dict.fromkeys(r.captions))
+    return list(vids), list(texts)
+
+
+def find_video(video_dir: Path, vid: str) -> Path:
+    for ext in VIDEO_EXTENSIONS:
+        if (video_dir / f"{vid}{ext}").is_file():
+            return video_dir / f"{vid}{ext}"
+    raise VideoDecodeError(f"{video_dir / vid}.*: no video file ({', '.join(VIDEO_EXTENSIONS)})")
+
+
+class _VideoDataset(torch.utils.data.Dataset):
+    """Decodes one video per item; errors are returned, not raised, so a worker never dies."""
+
+    def __init__(self, video_dir: Path, vids: list[str], cfg: ExtractConfig, short_side: int):
+        self.video_dir, self.vids, self.cfg, self.short_side = video_dir, vids, cfg, short_side
+
+    def __len__(self) -> int:
+        return len(self.vids)
+
+    def __getitem__(self, i: int) -> tuple[str, str, SampledVideo | str]:
+        vid = self.vids[i]
+        try:
+            path = find_video(self.video_dir, vid)
+            return vid, str(path), sample_video(path, self.cfg.num_frames, self.cfg.clip_len,
+                                                self.cfg.frames_per_clip, backend=self.cfg.backend,
+                                                short_side=self.short_side)
+        except VideoDecodeError as err:
+            return vid, "", str(err)
+
+
+def store_meta(backbone: Backbone, cfg: ExtractConfig) -> StoreMeta:
+    return StoreMeta(backbone=backbone.name, weights=backbone.weights, num_frames=cfg.num_frames,
+                     clip_len=cfg.clip_len, frames_per_clip=cfg.frames_per_clip, image_size=backbone.image_size,
+                     video_dim=backbone.embed_dim, text_dim=backbone.embed_dim, token_dim=backbone.token_dim)
+
+
+def extract_dataset(dataset_dir: str | Path, backbone: Backbone, out: str | Path,
+                    cfg: ExtractConfig | None = None, splits: list[str] | None = None,
+                    video_dir: str | Path | None = None) -> dict:
+    """Fill `out` with every video and text of the dataset; returns counts and the failures."""
+    cfg = cfg or ExtractConfig()
+    dataset_dir, out = Path(dataset_dir), Path(out)
+    video_dir = Path(video_dir) if video_dir else dataset_dir / "videos"
+    vids, texts = dataset_annotations(dataset_dir, splits)
+    failures = read_failures(out)
+    summary = {"videos": len(vids), "texts": len(texts), "encoded_videos": 0, "encoded_texts": 0}
+    with FeatureStoreWriter(out, store_meta(backbone, cfg)) as writer:
+        todo = [v for v in vids if not writer.has_video(v)]
+        loader = torch.utils.data.DataLoader(_VideoDataset(video_dir, todo, cfg, backbone.image_size),
+                                             batch_size=None, num_workers=cfg.num_workers)
+        for vid, source, video in progress(loader, total=len(todo), desc="video features", unit="video"):
+            if isinstance(video, str):
+                failures[vid] = video
+                continue
+            clips_shape = video.clip_frames.shape  # [L, K, H, W, 3]
+            feats = backbone.encode_frames(np.concatenate(
+                [video.frames, video.clip_frames.reshape(-1, *clips_shape[2:])]))  # [N + L*K, D]
+            frames, clips = feats[:len(video.frames)], feats[len(video.frames):]
+            writer.put_video(vid, frames=frames, frame_indices=video.frame_indices,
+                             clips=clips.view(clips_shape[0], clips_shape[1], -1).mean(1),  # [L, D]
+                             clip_len=cfg.clip_len, duration=video.duration, fps=video.fps, source=source)
+            failures.pop(vid, None)
+            summary["encoded_videos"] += 1
+        todo_texts = [t for t in texts if not writer.has_text(t)]
+        batches = range(0, len(todo_texts), cfg.text_batch)
+        for start in progress(batches, desc="text features", unit="batch"):
+            batch = todo_texts[start:start + cfg.text_batch]
+            sentences = backbone.encode_sentences(batch)       # [T, D]
+            tokens, mask = backbone.encode_tokens(batch)       # [T, Lq, Dt], [T, Lq]
+            for text, sentence, token, valid in zip(batch, sentences, tokens, mask):
+                writer.put_text(text, sentence=sentence, tokens=token[valid])
+            summary["encoded_texts"] += len(batch)
+    atomic_write_json(failures_path(out), [{"vid": v, "reason": r} for v, r in sorted(failures.items())])
+    summary["failures"] = failures
+    return summary

@@ -1,0 +1,115 @@
+"""Tiny feature stores built from random tensors, for tests of the stages after features/.
+
+The features carry a learnable signal, so a test can check that a model learns something:
+a video's frames and its captions share a random "video vector"; clips inside a query's window
+and that query's tokens share a random "query vector".
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from c2f_lib.data.schema import MomentQuery, VideoCaptions, parse_captions, parse_moment
+from c2f_lib.features.store import FeatureStoreWriter, StoreMeta
+
+
+def random_records(num_videos: int = 6, queries_per_video: int = 2, duration: float = 20.0,
+                   seed: int = 0) -> tuple[list[MomentQuery], list[VideoCaptions]]:
+    """Annotations for `num_videos` videos: moment queries with one window each, one caption per video."""
+    rng = np.random.default_rng(seed)
+    moments, captions = [], []
+    for v in range(num_videos):
+        vid = f"vid{v:03d}"
+        captions.append(VideoCaptions(vid=vid, captions=[f"caption of video {v}"], duration=duration))
+        for q in range(queries_per_video):
+            start = float(rng.uniform(0, duration - 4))
+            end = float(min(duration, start + rng.uniform(2, 8)))
+            moments.append(MomentQuery(qid=v * queries_per_video + q, query=f"query {q} in video {v}",
+                                       vid=vid, duration=duration,
+                                       relevant_windows=[[round(start, 1), round(end, 1)]]))
+    return moments, captions
+
+
+def make_random_store(path: str | Path, moments_records: Iterable[Any] = (),
+                      captions_records: Iterable[Any] = (), dim: int = 32, token_dim: int | None = None,
+                      num_frames: int = 4, clip_len: float = 2.0, noise: float = 0.5,
+                      seed: int = 0) -> Path:
+    """Write a store holding every video and text the records mention. Records: schema objects or dicts."""
+    moments = [r if isinstance(r, MomentQuery) else parse_moment(r) for r in moments_records]
+    captions = [r if isinstance(r, VideoCaptions) else parse_captions(r) for r in captions_records]
+    token_dim = token_dim or dim
+    rng = np.random.default_rng(seed)
+    durations: dict[str, float] = {}
+    for r in captions:
+        durations.setdefault(r.vid, r.duration or 30.0)
+    for r in moments:
+        durations[r.vid] = max(durations.get(r.vid, 0.0), r.duration)
+    video_vec = {vid: rng.standard_normal(dim) for vid in durations}
+    meta = StoreMeta(backbone="random", weights=f"seed{seed}", num_frames=num_frames, clip_len=clip_len,
+                     video_dim=dim, text_dim=dim, token_dim=token_dim)
+    with FeatureStoreWriter(path, meta) as writer:
+        clips = {}
+        for vid, duration in durations.items():
+            num_clips = max(1, math.ceil(duration / clip_len))
+            clips[vid] = video_vec[vid] + noise * rng.standard_normal((num_clips, dim))  # [L, D]
+        for r in moments:
+            query_vec = rng.standard_normal(max(dim, token_dim))
+            for start, end in r.relevant_windows:
+                first, last = int(start // clip_len), math.ceil(end / clip_len)
+                clips[r.vid][first:last] += query_vec[:dim]
+            num_tokens = int(rng.integers(3, 9))
+            tokens = query_vec[:token_dim] + noise * rng.standard_normal((num_tokens, token_dim))
+            sentence = query_vec[:dim] + noise * rng.standard_normal(dim)
+            writer.put_text(r.query, sentence=sentence, tokens=tokens)
+        for vid, duration in durations.items():
+            frames = video_vec[vid] + noise * rng.standard_normal((num_frames, dim))  # [N, D]
+            writer.put_video(vid, frames=frames, frame_indices=np.arange(num_frames) * 5,
+                             clips=clips[vid], duration=duration, fps=5.0, source="random")
+        for r in captions:
+            for caption in r.captions:
+                writer.put_text(caption, sentence=video_vec[r.vid] + noise * rng.standard_normal(dim))
+    return Path(path)
+
+
+def write_numbered_video(path: str | Path, num_frames: int, fps: float = 10.0, size: int = 64,
+                         codec: str = "mpeg4") -> Path:
+    """An mp4 whose frame k shows k in binary: 8 large black/white blocks survive compression."""
+    import av
+    from fractions import Fraction
+
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for k in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(numbered_frame(k, size), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def numbered_frame(k: int, size: int = 64) -> np.ndarray:
+    """[size, size, 3] uint8 image of the 8 bits of k (2 rows x 4 columns of blocks)."""
+    image = np.zeros((size, size, 3), dtype=np.uint8)
+    bh, bw = size // 2, size // 4
+    for bit in range(8):
+        if (k >> bit) & 1:
+            r, c = divmod(bit, 4)
+            image[r * bh:(r + 1) * bh, c * bw:(c + 1) * bw] = 255
+    return image
+
+
+def read_frame_number(image: np.ndarray) -> int:
+    """Inverse of numbered_frame for a decoded (possibly resized, lossy) frame."""
+    h, w = image.shape[:2]
+    bh, bw = h // 2, w // 4
+    value = 0
+    for bit in range(8):
+        r, c = divmod(bit, 4)
+        block = image[r * bh + bh // 4:(r + 1) * bh - bh // 4, c * bw + bw // 4:(c + 1) * bw - bw // 4]
+        value |= int(block.mean() > 127) << bit
+    return value

@@ -1,0 +1,50 @@
+"""Figures of notebook 02: tiny-CLIP training loss, frame similarity over time, nearest captions."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def plot_training_loss(losses: list[float], batch_size: int) -> plt.Figure:
+    """Contrastive loss per step against the loss of a model that knows nothing, log(batch)."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(losses, lw=1, label="InfoNCE (train)")
+    ax.axhline(np.log(batch_size), color="grey", ls="--", label=f"chance = log {batch_size}")
+    ax.set(xlabel="step", ylabel="loss", title="tiny CLIP training")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_feature_similarity(clip_feats: torch.Tensor, clip_len: float, windows: list[list[float]] | None = None,
+                            title: str = "") -> plt.Figure:
+    """Cosine similarity between every pair of clip features of one video; event windows marked."""
+    x = F.normalize(torch.as_tensor(clip_feats).float(), dim=-1)  # [L, D]
+    sims = (x @ x.T).numpy()                                       # [L, L]
+    extent = (0, len(x) * clip_len, len(x) * clip_len, 0)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    image = ax.imshow(sims, extent=extent, cmap="viridis")
+    for start, end in windows or []:
+        ax.axvspan(start, end, color="white", alpha=0.15)
+    ax.set(xlabel="time (s)", ylabel="time (s)", title=title or "clip-feature similarity")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def plot_nearest_captions(frame: np.ndarray, scores: torch.Tensor, texts: list[str], k: int = 5,
+                          truth: str | None = None) -> plt.Figure:
+    """One frame and the k texts whose embeddings are closest to it (the true one in green)."""
+    top = torch.as_tensor(scores).topk(min(k, len(texts)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3), gridspec_kw={"width_ratios": [1, 2.5]})
+    left.imshow(frame)
+    left.axis("off")
+    names = [texts[i] for i in top.indices.tolist()][::-1]
+    colours = ["tab:green" if t == truth else "tab:blue" for t in names]
+    right.barh(range(len(names)), top.values.tolist()[::-1], color=colours)
+    right.set_yticks(range(len(names)), [n if len(n) < 60 else n[:57] + "..." for n in names], fontsize=8)
+    right.set(xlabel="cosine similarity", title="nearest texts to this frame")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,146 @@
+"""Feature store: round trip, loaders, resume, corrupt and mismatched stores."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from c2f_lib.data.schema import MomentQuery, write_captions, write_moments
+from c2f_lib.features.store import (FeatureStore, FeatureStoreWriter, StoreError, StoreMeta,
+                                    failures_path, load_coarse_split, load_moment_samples,
+                                    saliency_target)
+from c2f_lib.features.testing import make_random_store, random_records
+
+
+@pytest.fixture
+def annotated_store(tmp_path):
+    moments, captions = random_records(num_videos=4, queries_per_video=2, seed=1)
+    write_moments(tmp_path / "moments.jsonl", moments)
+    write_captions(tmp_path / "captions.jsonl", captions)
+    store = make_random_store(tmp_path / "store.h5", moments, captions, dim=16, token_dim=8, num_frames=5)
+    return store, tmp_path / "moments.jsonl", tmp_path / "captions.jsonl", moments, captions
+
+
+def test_roundtrip_fp16_and_metadata(tmp_path):
+    meta = StoreMeta(backbone="b", weights="w", num_frames=3, clip_len=2.0)
+    frames = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    with FeatureStoreWriter(tmp_path / "s.h5", meta) as w:
+        w.put_video("a/b", frames=frames, frame_indices=[1, 4, 7], clips=torch.ones(5, 6), clip_len=2.0,
+                    duration=9.5, fps=10.0, source="/v/a.mp4")
+        w.put_text("a / caption", sentence=np.ones(4), tokens=np.zeros((7, 3)))
+    with FeatureStore(tmp_path / "s.h5") as store:
+        assert store.meta.video_dim == 6 and store.meta.text_dim == 4 and store.meta.token_dim == 3
+        assert store.frames("a/b").dtype == np.float16
+        np.testing.assert_allclose(store.frames("a/b"), frames, atol=1e-2)
+        assert store.frame_indices("a/b").tolist() == [1, 4, 7]
+        assert store.clips("a/b").shape == (5, 6)
+        assert store.tokens("a / caption").shape == (7, 3)
+        assert store.video_attrs("a/b")["source"] == "/v/a.mp4"
+        with pytest.raises(KeyError, match="no video 'zzz'"):
+            store.frames("zzz")
+
+
+def test_load_coarse_split(annotated_store):
+    store, _, captions_file, _, captions = annotated_store
+    split = load_coarse_split(store, captions_file)
+    assert split.frames.shape == (4, 5, 16) and split.frames.dtype == torch.float32
+    assert split.texts == [c for r in captions for c in r.captions]
+    assert split.text_to_video.tolist() == [0, 1, 2, 3]
+    # The random store's captions share their video's vector: the right video wins.
+    sims = split.text_emb @ split.frames.mean(1).T
+    assert (sims.argmax(1) == split.text_to_video).float().mean() >= 0.75
+
+
+def test_load_moment_samples(annotated_store):
+    store, moments_file, _, moments, _ = annotated_store
+    samples = load_moment_samples(store, moments_file)
+    assert [s.qid for s in samples] == [m.qid for m in moments]
+    s = samples[0]
+    assert s.clip_feats.shape == (10, 16) and s.token_feats.shape[1] == 8 and s.clip_len == 2.0
+    assert s.windows == moments[0].relevant_windows
+    assert s.saliency.shape == (10,) and s.saliency.max() == 1.0
+
+
+def test_saliency_from_scores_and_windows():
+    from_windows = saliency_target(5, 2.0, [[2.5, 5.0]])
+    assert from_windows.tolist() == [0, 1, 1, 0, 0]
+    from_scores = saliency_target(5, 2.0, [[0, 4]], clip_ids=[0, 1], scores=[[4, 4, 4], [2, 2, 0]])
+    assert torch.allclose(from_scores, torch.tensor([1.0, 1 / 3, 0, 0, 0]))
+
+
+def test_missing_video_is_an_error_unless_reported_as_failed(annotated_store, tmp_path):
+    store, moments_file, _, moments, _ = annotated_store
+    extra = MomentQuery(qid=99, query="query 0 in video 0", vid="ghost", duration=20.0,
+                        relevant_windows=[[1.0, 2.0]])
+    write_moments(tmp_path / "more.jsonl", moments + [extra])
+    with pytest.raises(StoreError, match="ghost"):
+        load_moment_samples(store, tmp_path / "more.jsonl")
+    failures_path(store).write_text(json.dumps([{"vid": "ghost", "reason": "corrupt"}]))
+    with pytest.warns(UserWarning, match="ghost"):
+        samples = load_moment_samples(store, tmp_path / "more.jsonl")
+    assert len(samples) == len(moments)
+
+
+def test_metadata_mismatch_is_named(tmp_path):
+    meta = StoreMeta(backbone="tinyclip", num_frames=4)
+    with FeatureStoreWriter(tmp_path / "s.h5", meta) as w:
+        w.put_video("v", frames=np.zeros((4, 2)), frame_indices=range(4))
+    with pytest.raises(StoreError, match=r"num_frames: stored 4 != requested 12"):
+        FeatureStoreWriter(tmp_path / "s.h5", StoreMeta(backbone="tinyclip", num_frames=12))
+    with pytest.raises(StoreError, match="backbone"):
+        FeatureStore(tmp_path / "s.h5", expect=StoreMeta(backbone="ViT-B-32:openai", num_frames=4))
+
+
+def test_corrupt_and_foreign_files_are_named(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    with pytest.raises(StoreError, match="bad.h5.*not a readable HDF5"):
+        FeatureStore(bad)
+    import h5py
+    with h5py.File(tmp_path / "foreign.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(StoreError, match="not a c2f feature store"):
+        FeatureStore(tmp_path / "foreign.h5")
+
+
+def test_rerun_skips_and_interrupted_run_resumes(tmp_path):
+    meta = StoreMeta(backbone="b")
+    path = tmp_path / "s.h5"
+    with FeatureStoreWriter(path, meta) as w:
+        w.put_video("v0", clips=np.ones((2, 3)))
+    with pytest.raises(RuntimeError, match="boom"):
+        with FeatureStoreWriter(path, meta) as w:
+            assert w.has_video("v0")
+            w.put_video("v1", clips=np.ones((2, 3)))
+            raise RuntimeError("boom")
+    with FeatureStore(path) as store:  # the finished store is untouched by the failed run
+        assert store.video_ids() == ["v0"]
+    with FeatureStoreWriter(path, meta) as w:  # resumes from the partial file
+        assert w.has_video("v1")
+        w.put_video("v2", clips=np.ones((2, 3)))
+    with FeatureStore(path) as store:
+        assert store.video_ids() == ["v0", "v1", "v2"]
+    assert not w.partial.exists()
+
+
+def test_corrupt_partial_is_discarded(tmp_path):
+    path = tmp_path / "s.h5"
+    with FeatureStoreWriter(path, StoreMeta(backbone="b")) as w:
+        w.put_video("v0", clips=np.ones((2, 3)))
+    w.partial.write_bytes(b"\x89HDF truncated")
+    with pytest.warns(UserWarning, match="discarding unusable partial"):
+        with FeatureStoreWriter(path, StoreMeta(backbone="b")) as w:
+            assert w.has_video("v0")
+
+
+def test_bad_features_rejected(tmp_path):
+    with FeatureStoreWriter(tmp_path / "s.h5", StoreMeta(backbone="b", clip_len=2.0)) as w:
+        with pytest.raises(ValueError, match="NaN"):
+            w.put_video("v", clips=np.full((2, 3), np.nan))
+        with pytest.raises(ValueError, match="clip_len"):
+            w.put_video("v", clips=np.ones((2, 3)), clip_len=1.0)
+        w.put_video("v", clips=np.ones((2, 3)))
+        with pytest.raises(ValueError, match="video_dim is 3"):
+            w.put_video("w", clips=np.ones((2, 4)))

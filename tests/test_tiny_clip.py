@@ -1,0 +1,86 @@
+"""Tiny CLIP training/caching and the extraction driver + CLI on a few generated videos."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from c2f_lib.data.schema import MomentQuery, VideoCaptions, write_captions, write_moments
+from c2f_lib.features import cli
+from c2f_lib.features.extract import ExtractConfig, extract_dataset
+from c2f_lib.features.store import FeatureStore, load_coarse_split, load_moment_samples, read_failures
+from c2f_lib.features.testing import write_numbered_video
+from c2f_lib.features.tiny_clip import TinyClipConfig, checkpoint_path, load_tiny_clip
+from c2f_lib.features.zero_shot import zero_shot_metrics
+
+TINY = TinyClipConfig(embed_dim=16, vision_width=32, vision_layers=1, text_width=32, text_layers=1,
+                      steps=3, batch_size=4, warmup_steps=1, frames_per_video=4)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    (root / "videos").mkdir()
+    for v in range(3):
+        write_numbered_video(root / "videos" / f"v{v}.mp4", num_frames=30 + 10 * v, fps=5)
+    (root / "videos" / "broken.mp4").write_bytes(b"this is not a video")
+    moments = [MomentQuery(qid=f"q{v}", query=f"event {v} happens", vid=f"v{v}", duration=6.0 + 2 * v,
+                           relevant_windows=[[1.0, 4.0]]) for v in range(3)]
+    moments.append(MomentQuery(qid="qb", query="broken event", vid="broken", duration=5.0,
+                               relevant_windows=[[1.0, 2.0]]))
+    write_moments(root / "moments_train.jsonl", moments[:2])
+    write_moments(root / "moments_val.jsonl", moments[2:])
+    write_captions(root / "captions_train.jsonl",
+                   [VideoCaptions(vid=f"v{v}", captions=[f"video {v}", f"clip number {v}"]) for v in range(2)])
+    write_captions(root / "captions_val.jsonl", [VideoCaptions(vid="v2", captions=["video 2"])])
+    return root
+
+
+def test_tiny_clip_trains_caches_and_reloads(dataset, tmp_path):
+    backbone = load_tiny_clip(dataset, TINY, cache_dir=tmp_path)
+    ckpt = checkpoint_path(dataset, TINY, tmp_path)
+    assert ckpt.exists() and backbone.weights == ckpt.stem
+    assert len(backbone.training_log["loss"]) == 3 and np.isfinite(backbone.training_log["loss"]).all()
+    mtime = ckpt.stat().st_mtime_ns
+    again = load_tiny_clip(dataset, TINY, cache_dir=tmp_path)  # cache hit: no retraining
+    assert ckpt.stat().st_mtime_ns == mtime
+    texts = ["video 0", "a red ball"]
+    np.testing.assert_allclose(backbone.encode_sentences(texts), again.encode_sentences(texts), atol=1e-6)
+    other = checkpoint_path(dataset, TinyClipConfig(**{**TINY.__dict__, "seed": 1}), tmp_path)
+    assert other != ckpt  # the key covers the training config
+
+
+def test_extract_store_loaders_and_failures(dataset, tmp_path):
+    backbone = load_tiny_clip(dataset, TINY, cache_dir=tmp_path)
+    out = tmp_path / "feats.h5"
+    summary = extract_dataset(dataset, backbone, out, ExtractConfig(num_frames=4, clip_len=2.0))
+    assert summary["encoded_videos"] == 3 and set(summary["failures"]) == {"broken"}
+    assert "broken" in read_failures(out)
+    with FeatureStore(out) as store:
+        assert store.frames("v0").shape == (4, 16)
+        assert store.frame_indices("v0").tolist() == [3, 10, 18, 25]  # segments [0,7) [7,15) [15,22) [22,30)
+        assert store.clips("v2").shape == (5, 16)  # 50 frames at 5 fps = 10 s = 5 clips of 2 s
+    split = load_coarse_split(out, dataset / "captions_train.jsonl")
+    assert split.frames.shape == (2, 4, 16) and split.text_to_video.tolist() == [0, 0, 1, 1]
+    assert set(zero_shot_metrics(split)) >= {"t2v_R@1", "t2v_R@1_chance"}
+    with pytest.warns(UserWarning, match="broken"):
+        samples = load_moment_samples(out, dataset / "moments_val.jsonl")
+    assert [s.qid for s in samples] == ["q2"] and samples[0].token_feats.shape[1] == backbone.token_dim
+    again = extract_dataset(dataset, backbone, out, ExtractConfig(num_frames=4, clip_len=2.0))
+    assert again["encoded_videos"] == 0 and again["encoded_texts"] == 0  # rerun skips finished work
+
+
+def test_cli_rejects_a_store_made_with_other_settings(dataset, tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    ckpt = checkpoint_path(dataset, TINY, tmp_path)
+    load_tiny_clip(dataset, TINY, cache_dir=tmp_path)
+    base = ["--dataset-dir", str(dataset), "--backbone", f"tinyclip:{ckpt}", "--out", str(tmp_path / "s.h5"),
+            "--device", "cpu", "--splits", "val"]
+    assert cli.main(parser.parse_args(base + ["--num-frames", "3"])) == 0
+    assert json.loads((tmp_path / "s.failures.json").read_text())[0]["vid"] == "broken"
+    assert cli.main(parser.parse_args(base + ["--num-frames", "5"])) == 2
+    assert "num_frames: stored 3 != requested 5" in capsys.readouterr().err
