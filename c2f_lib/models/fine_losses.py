@@ -1,0 +1,118 @@
+"""Training objective of the DETR-family grounding models (spec fine.md §2.2).
+
+`fine_loss(out, batch, weights)` returns a dict of weighted terms plus "total":
+span L1 + GIoU + foreground CE on Hungarian-matched queries (and on every auxiliary decoder layer),
+the saliency loss (QD-DETR: negative pair + rank-contrastive [+ hinge]; Moment-DETR: hinge), and
+MESM's masked-word reconstruction and segment-sentence contrastive terms when present.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from c2f_lib.models.fine_batch import MomentBatch
+from c2f_lib.models.fine_presets import FineLossWeights
+from c2f_lib.models.matcher import hungarian_match
+from c2f_lib.models.span_utils import cw_to_se, pairwise_iou_giou
+
+
+def set_losses(logits, spans, gt_spans, w: FineLossWeights) -> dict[str, torch.Tensor]:
+    """Matched-span L1, 1 - GIoU and 2-way CE (index 0 = foreground) for one decoder layer."""
+    matches = hungarian_match(logits, spans, gt_spans, w.span, w.giou, w.label)
+    pred = torch.cat([spans[b, q] for b, (q, _) in enumerate(matches)])              # [M, 2]
+    gt = torch.cat([g[t] for g, (_, t) in zip(gt_spans, matches)]).to(pred.dtype)    # [M, 2]
+    giou = torch.diagonal(pairwise_iou_giou(cw_to_se(pred), cw_to_se(gt))[1])
+    target = torch.ones(logits.shape[:2], dtype=torch.long, device=logits.device)   # 1 = background
+    for b, (q, _) in enumerate(matches):
+        target[b, q.to(logits.device)] = 0
+    class_weight = torch.tensor([1.0, w.eos_coef], device=logits.device)
+    # reduction='none' then mean over all elements, as in the references (not PyTorch's weighted mean).
+    ce = F.cross_entropy(logits.float().transpose(1, 2), target, weight=class_weight, reduction="none").mean()
+    return {"span": w.span * F.l1_loss(pred.float(), gt.float()),
+            "giou": w.giou * (1 - giou.float()).mean(),
+            "label": w.label * ce}
+
+
+def hinge_saliency(scores, labels, mask, margin: float, n_pairs: int = 2) -> torch.Tensor:
+    """Random (inside-GT, outside-GT) clip pairs per query: mean max(0, margin + s_neg - s_pos) * 2."""
+    losses = []
+    for s, y, m in zip(scores, labels, mask):
+        pos, neg = torch.nonzero((y > 0) & m)[:, 0], torch.nonzero((y <= 0) & m)[:, 0]
+        if len(pos) == 0 or len(neg) == 0:
+            continue
+        p = pos[torch.randint(len(pos), (n_pairs,), device=pos.device)]
+        n = neg[torch.randint(len(neg), (n_pairs,), device=neg.device)]
+        losses.append(torch.clamp(margin + s[n] - s[p], min=0))
+    return torch.cat(losses).mean() * 2 if losses else scores.sum() * 0
+
+
+def rank_contrastive(scores, labels, mask, tau: float, coef: float) -> torch.Tensor:
+    """QD-DETR rank-contrastive loss over saliency levels 1..11.
+
+    Labels are QVHighlights 0-12 sums, a binary GT mask (Charades/TACoS: only level 1 has positives),
+    or the store's [0, 1] annotator mean, which is mapped back to the 0-12 scale.
+    """
+    binary = bool(((labels == 0) | (labels == 1)).all())
+    if labels.max() <= 1 and not binary:
+        labels = (labels * 12).round()
+    logits = torch.where(mask, scores / tau, torch.full_like(scores, -1e3))
+    log_prob = logits.log_softmax(1)
+    total = scores.new_zeros(())
+    for level in range(1, 12):
+        pos = (labels >= level) & mask
+        if not pos.any():
+            continue
+        has_pos = pos.any(1).float()
+        mean_pos = (log_prob * pos).sum(1) / pos.sum(1).clamp(min=1)
+        total = total + (-mean_pos * has_pos).mean()
+    return total / coef
+
+
+def saliency_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> torch.Tensor:
+    scores, labels, mask = out["saliency"].float(), batch.saliency, batch.video_mask
+    hinge = hinge_saliency(scores, labels, mask, w.margin)
+    if w.saliency_kind == "hinge":
+        return w.saliency * hinge
+    total = hinge if w.use_hinge else scores.new_zeros(())
+    if "saliency_neg" in out:
+        neg = out["saliency_neg"].float()
+        total = total + (-F.logsigmoid(-neg) * mask).sum(1).mean()          # -log(1 - σ(s_neg))
+        scores = torch.cat([scores, neg], 1)
+        labels = torch.cat([labels, torch.zeros_like(labels)], 1)
+        mask = torch.cat([mask, mask], 1)
+    return w.saliency * (total + rank_contrastive(scores, labels, mask, w.rank_tau, w.rank_coef))
+
+
+def masked_word_loss(out: dict, batch: MomentBatch) -> torch.Tensor:
+    """1 - cosine between reconstructed and original features of the masked words."""
+    masked = out["mlm_mask"]
+    return (1 - F.cosine_similarity(out["mlm_pred"][masked].float(), batch.text[masked].float(), dim=-1)).mean()
+
+
+def segment_sentence_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> torch.Tensor:
+    """Supervised InfoNCE: a GT segment is positive with sentences of the same video whose GT overlaps
+    (GIoU >= gamma, itself included); multi-window GT is collapsed to [min start, max end]."""
+    seg = F.normalize(out["ss_segment"].float(), dim=-1)
+    sen = F.normalize(out["ss_sentence"].float(), dim=-1)
+    log_prob = (seg @ sen.T / w.ss_tau).log_softmax(1)                              # [N, N]
+    hull = torch.stack([torch.stack([cw_to_se(s)[:, 0].min(), cw_to_se(s)[:, 1].max()]) for s in batch.spans])
+    same_video = torch.tensor([[a == b for b in batch.vids] for a in batch.vids], device=seg.device)
+    pos = same_video & (pairwise_iou_giou(hull, hull)[1].to(seg.device) >= w.ss_iou_gamma)
+    pos |= torch.eye(len(pos), dtype=torch.bool, device=seg.device)
+    return (-(log_prob * pos).sum(1) / pos.sum(1)).mean()
+
+
+def fine_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> dict[str, torch.Tensor]:
+    terms = set_losses(out["pred_logits"], out["pred_spans"], batch.spans, w)
+    if w.aux:
+        for i, aux in enumerate(out.get("aux_outputs", [])):
+            terms.update({f"{k}_{i}": v for k, v in set_losses(aux["pred_logits"], aux["pred_spans"],
+                                                                 batch.spans, w).items()})
+    if w.saliency > 0:
+        terms["saliency"] = saliency_loss(out, batch, w)
+    if w.rec_fw > 0 and "mlm_pred" in out:
+        terms["rec_fw"] = w.rec_fw * masked_word_loss(out, batch)
+    if w.rec_ss > 0 and "ss_segment" in out:
+        terms["rec_ss"] = w.rec_ss * segment_sentence_loss(out, batch, w)
+    terms["total"] = sum(terms.values())
+    return terms

@@ -1,0 +1,143 @@
+"""MESM (Liu et al., AAAI'24): QD-DETR plus two modal-enhancement modules, each switchable.
+
+* FW-MESM (`use_fw`): frames attend to the words before the T2V layers. The same layers, with roles
+  swapped, reconstruct masked words from the frames inside the GT segment (training only).
+  Our features carry no token ids, so the target is the masked word's *feature* (cosine loss)
+  instead of a vocabulary class (MESM's CE over the top-K CLIP tokens).
+* SS-MESM (`use_ss`): a learned [MASK] sentence token cross-attends to the video; the result r_i is
+  prepended to the words as a context token and trained contrastively against GT segments.
+
+`context` chooses what r_i may read. "self" (default): the query's own video only, so a prediction
+never depends on other test queries. "transductive": the concatenated clips of every video in the
+batch that shares the query's group key (the YouTube id of QVHighlights-style `ytid_start_end` ids),
+MESM's original grouping; `predict` then batches a group's queries together.
+Note: in the reference, sibling *sentences* are fed to the reconstructor as well, but its layers are
+pure cross-attention, so they cannot change the masked slot's output; we therefore do not compute them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from c2f_lib.features.types import MomentSample
+from c2f_lib.models.detr_blocks import CrossAttentionLayer, MLP
+from c2f_lib.models.fine_batch import MomentBatch
+from c2f_lib.models.qd_detr import QDDETR, QDDETRConfig
+from c2f_lib.models.registry import register
+
+CONTEXT_MODES = ("self", "transductive")
+
+
+@dataclass
+class MESMConfig(QDDETRConfig):
+    use_fw: bool = True
+    use_ss: bool = True
+    fw_layers: int = 2
+    ss_layers: int = 4
+    context: str = "self"
+    mask_fraction: float = 1 / 3      # words masked per sentence: max(floor(l * fraction), 1)
+
+    def __post_init__(self) -> None:
+        if self.context not in CONTEXT_MODES:
+            raise ValueError(f"MESMConfig.context must be one of {CONTEXT_MODES}, got {self.context!r}")
+
+
+def group_key(vid: str) -> str:
+    """QVHighlights-style 'ytid_start_end' -> 'ytid'; any other id is its own group."""
+    parts = vid.rsplit("_", 2)
+    try:
+        float(parts[1]), float(parts[2])
+    except (IndexError, ValueError):
+        return vid
+    return parts[0]
+
+
+@register("mesm", MESMConfig)
+class MESM(QDDETR):
+    def __init__(self, cfg: MESMConfig):
+        super().__init__(cfg)
+        d = cfg.hidden_dim
+        block = (d, cfg.n_heads, cfg.ffn_dim, cfg.dropout)
+        if cfg.use_fw:
+            self.enhance_encoder = nn.ModuleList(CrossAttentionLayer(*block) for _ in range(cfg.fw_layers))
+            self.masked_word_token = nn.Parameter(torch.zeros(d))
+            self.mlm_head = MLP(d, d, cfg.text_dim, 2)
+        if cfg.use_ss:
+            self.ss_layers = nn.ModuleList(CrossAttentionLayer(*block) for _ in range(cfg.ss_layers))
+            self.masked_sent_token = nn.Parameter(torch.zeros(d))
+        self.init_weights(self)
+
+    # ---------------------------------------------------------------- FW-MESM
+    def enhance_video(self, video, pos, words, words_mask):
+        if not self.cfg.use_fw:
+            return video
+        for layer in self.enhance_encoder:                         # frames attend to words
+            video = layer(video, words, words_mask, pos_q=pos)
+        return video
+
+    def extra_outputs(self, batch: MomentBatch, video, pos, words, out: dict) -> None:
+        if not self.cfg.use_fw:
+            return
+        lengths = batch.text_mask.sum(1).tolist()
+        masked = torch.zeros_like(batch.text_mask)                 # [B, Lq]
+        for b, n in enumerate(lengths):
+            k = max(int(n * self.cfg.mask_fraction), 1)
+            masked[b, torch.randperm(n, device=masked.device)[:k]] = True
+        x = torch.where(masked[..., None], self.masked_word_token.to(words.dtype), words)
+        segment = batch.window_clip_mask()
+        segment = torch.where(segment.any(1, keepdim=True), segment, batch.video_mask)
+        for layer in self.enhance_encoder:                         # words attend to GT-segment frames
+            x = layer(x, video, segment, pos_k=pos)
+        out["mlm_pred"] = self.mlm_head(x)                         # [B, Lq, Dt]
+        out["mlm_mask"] = masked
+
+    # ---------------------------------------------------------------- SS-MESM
+    def context_keys(self, batch: MomentBatch, video: torch.Tensor):
+        """Keys the [MASK] sentence token reads: [B, Lk, d] and mask [B, Lk]."""
+        if self.cfg.context == "self":
+            return video, batch.video_mask
+        keys, masks = [], []
+        groups = [group_key(v) for v in batch.vids]
+        for i, g in enumerate(groups):
+            members = list({batch.vids[j]: j for j in range(len(groups)) if groups[j] == g}.values())
+            keys.append(torch.cat([video[j][batch.video_mask[j]] for j in members]))
+        length = max(k.shape[0] for k in keys)
+        padded = video.new_zeros(len(keys), length, video.shape[-1])
+        mask = torch.zeros(len(keys), length, dtype=torch.bool, device=video.device)
+        for i, k in enumerate(keys):
+            padded[i, : len(k)], mask[i, : len(k)] = k, True
+        return padded, mask
+
+    def text_tokens(self, batch: MomentBatch, video, words, out: dict):
+        if not self.cfg.use_ss:
+            return words, batch.text_mask
+        keys, key_mask = self.context_keys(batch, video)
+        r = self.masked_sent_token.to(video.dtype).expand(video.shape[0], 1, -1)      # [B, 1, d]
+        for layer in self.ss_layers:
+            r = layer(r, keys, key_mask)
+        r = F.normalize(r, dim=-1)
+        text = torch.cat([r, words], 1)                                                # [B, 1+Lq, d]
+        mask = torch.cat([batch.text_mask.new_ones(len(words), 1), batch.text_mask], 1)
+        if self.training:
+            out["ss_sentence"] = (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            seg = batch.window_clip_mask().float()
+            out["ss_segment"] = (video * seg[..., None]).sum(1) / seg.sum(1, keepdim=True).clamp(min=1)
+        return text, mask
+
+    def prediction_batches(self, samples: list[MomentSample]) -> list[list[int]]:
+        """Transductive mode keeps every query of a group in one batch; otherwise the plain batching."""
+        if self.cfg.context == "self":
+            return super().prediction_batches(samples)
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(samples):
+            groups.setdefault(group_key(s.vid), []).append(i)
+        batches, current = [], []
+        for members in groups.values():
+            if current and len(current) + len(members) > self.cfg.predict_batch_size:
+                batches.append(current)
+                current = []
+            current = current + members
+        return batches + ([current] if current else [])

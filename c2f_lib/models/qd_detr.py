@@ -1,0 +1,91 @@
+"""QD-DETR (Moon et al., CVPR'23): query-dependent video representation.
+
+Video clips attend to the query words (T2V cross-attention), a self-attention encoder runs over
+[global token; video], a DAB-style anchor decoder predicts spans, and saliency is the similarity of
+each clip to the global token. Negative pairs (the same video with another video's query) are pushed
+to low saliency, which forces the representation to depend on the query.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from c2f_lib.models.detr_blocks import (
+    AnchorDecoder, CrossAttentionLayer, EncoderLayer, FineConfig, FineGroundingModel, negative_partner,
+    video_positions)
+from c2f_lib.models.fine_batch import MomentBatch
+from c2f_lib.models.registry import register
+
+
+@dataclass
+class QDDETRConfig(FineConfig):
+    t2v_layers: int = 2
+    negative_pairs: bool = True   # compute saliency for mismatched (video, query) pairs while training
+
+
+@register("qd_detr", QDDETRConfig)
+class QDDETR(FineGroundingModel):
+    def __init__(self, cfg: QDDETRConfig):
+        super().__init__(cfg)
+        d = cfg.hidden_dim
+        block = (d, cfg.n_heads, cfg.ffn_dim, cfg.dropout)
+        self.t2v_encoder = nn.ModuleList(CrossAttentionLayer(*block) for _ in range(cfg.t2v_layers))
+        self.encoder = nn.ModuleList(EncoderLayer(*block) for _ in range(cfg.enc_layers))
+        self.decoder = AnchorDecoder(*block, n_layers=cfg.dec_layers)
+        self.query_embed = nn.Embedding(cfg.num_queries, 2)            # anchors, sigmoid -> (c, w)
+        self.global_rep_token = nn.Parameter(torch.randn(d))
+        self.global_rep_pos = nn.Parameter(torch.randn(d))
+        self.saliency_proj1, self.saliency_proj2 = nn.Linear(d, d), nn.Linear(d, d)
+        self.init_weights(self)
+
+    def encode(self, video, video_mask, video_pos, text, text_mask):
+        """Query-dependent memory: [B, L, d] memory and [B, d] global token."""
+        x = video
+        for layer in self.t2v_encoder:
+            x = layer(x, text, text_mask, pos_q=video_pos)
+        B = x.shape[0]
+        x = torch.cat([self.global_rep_token.expand(B, 1, -1), x], 1)                 # [B, 1+L, d]
+        pos = torch.cat([self.global_rep_pos.expand(B, 1, -1), video_pos], 1)
+        mask = torch.cat([video_mask.new_ones(B, 1), video_mask], 1)
+        for layer in self.encoder:
+            x = layer(x, pos, mask)
+        return x[:, 1:], x[:, 0]
+
+    def saliency(self, memory, global_token):                          # -> [B, L]
+        return (self.saliency_proj1(memory) * self.saliency_proj2(global_token)[:, None]).sum(-1) \
+            / math.sqrt(self.cfg.hidden_dim)
+
+    # Hooks MESM overrides; QD-DETR reads the projected words and video as they are.
+    def text_tokens(self, batch: MomentBatch, video, words, out: dict):
+        """Text tokens the T2V layers read ([B, Lt, d], mask [B, Lt])."""
+        return words, batch.text_mask
+
+    def enhance_video(self, video, pos, words, words_mask):
+        return video
+
+    def extra_outputs(self, batch: MomentBatch, video, pos, words, out: dict) -> None:
+        """Training-only extra outputs (MESM's reconstruction branches)."""
+
+    def forward(self, batch: MomentBatch) -> dict:
+        out: dict = {}
+        video = self.project_video(batch)                                               # [B, L, d]
+        pos = video_positions(batch.video_mask, self.cfg.hidden_dim)
+        words = self.input_txt_proj(batch.text)                                         # [B, Lq, d]
+        text, text_mask = self.text_tokens(batch, video, words, out)                    # [B, Lt, d]
+        memory, global_token = self.encode(self.enhance_video(video, pos, words, batch.text_mask),
+                                           batch.video_mask, pos, text, text_mask)
+        anchors = self.query_embed.weight.sigmoid()[None].expand(video.shape[0], -1, -1)
+        hidden, spans = self.decoder(memory, batch.video_mask, pos, anchors)
+        out.update(self.heads(hidden, spans, self.saliency(memory, global_token)))
+        partner = negative_partner(batch.vids) if self.training and self.cfg.negative_pairs else None
+        if partner is not None:
+            partner = partner.to(video.device)
+            neg_video = self.enhance_video(video, pos, words[partner], batch.text_mask[partner])
+            neg_memory, neg_global = self.encode(neg_video, batch.video_mask, pos, text[partner], text_mask[partner])
+            out["saliency_neg"] = self.saliency(neg_memory, neg_global)
+        if self.training:
+            self.extra_outputs(batch, video, pos, words, out)
+        return out

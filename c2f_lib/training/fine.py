@@ -1,0 +1,158 @@
+"""Training loop of the fine grounding models (Moment-DETR, QD-DETR, MESM).
+
+AdamW with gradient clipping, checkpoint selection on the *validation* split (never test), resume
+from `last.pt`, deterministic under a seed, autocast on GPU (plain fp32 on CPU), and data-parallel
+under torchrun: every rank processes its slice of each global batch and DDP averages gradients.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from c2f_lib.evaluation.moments import evaluate_moments
+from c2f_lib.features.types import MomentSample
+from c2f_lib.models.fine_batch import MomentBatch, collate_moments
+from c2f_lib.models.fine_losses import fine_loss
+from c2f_lib.models.fine_presets import loss_preset
+from c2f_lib.models.registry import load_model, save_model
+from c2f_lib.progress import progress
+from c2f_lib.training.distributed import init_from_env, local_slice, mean_over_ranks, rank_and_world
+from c2f_lib.utils import atomic_path, atomic_write_json, resolve_device, seed_everything
+
+__all__ = ["FineTrainConfig", "train_fine", "collate_moments", "samples_to_ground_truth", "evaluate_model"]
+
+SELECT_METRICS = ("MR-full-mAP", "MR-full-R1@0.5", "mIoU")
+
+
+@dataclass
+class FineTrainConfig:
+    epochs: int = 200
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1
+    loss_preset: str = "qd_detr"                # see c2f_lib.models.fine_presets.PRESETS
+    select_metric: str = "MR-full-mAP"          # on the validation split
+    eval_every: int = 1
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True                            # autocast (bf16) on GPU only
+
+    def __post_init__(self) -> None:
+        if self.select_metric not in SELECT_METRICS:
+            raise ValueError(f"select_metric must be one of {SELECT_METRICS}, got {self.select_metric!r}")
+
+
+def samples_to_ground_truth(samples: list[MomentSample]) -> list[dict]:
+    """MomentQuery-like records the evaluator reads (windows + duration from the samples)."""
+    return [{"qid": s.qid, "query": s.query, "vid": s.vid, "duration": s.duration,
+             "relevant_windows": s.windows} for s in samples]
+
+
+def evaluate_model(model: nn.Module, samples: list[MomentSample], top_k: int = 10) -> tuple[dict, list[dict]]:
+    """(brief metrics, predictions) of `model` on `samples`."""
+    preds = model.predict(samples, top_k=top_k)
+    return evaluate_moments(preds, samples_to_ground_truth(samples))["brief"], preds
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled index batches; a trailing batch of one is dropped (negative pairs need two queries)."""
+    order = torch.randperm(n, generator=generator)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size) if len(order[i:i + batch_size]) > 1]
+
+
+def _state(model: nn.Module, optimizer, epoch: int, best: dict, history: list) -> dict:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            "best": best, "history": history, "torch_rng": torch.get_rng_state()}
+
+
+def train_fine(model: nn.Module, train_samples: list[MomentSample], val_samples: list[MomentSample],
+               cfg: FineTrainConfig, ckpt_dir: str | Path) -> tuple[nn.Module, dict]:
+    """Train, keep the best validation checkpoint as `<ckpt_dir>/best.pt` and return (best model, summary).
+
+    A `last.pt` in `ckpt_dir` is resumed from. The summary holds the best epoch and its validation metrics.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    distributed = init_from_env()
+    rank, _ = rank_and_world()
+    device = resolve_device(cfg.device)
+    if distributed and device.startswith("cuda"):
+        device = f"cuda:{rank % torch.cuda.device_count()}"
+    seed_everything(cfg.seed)
+    weights = loss_preset(cfg.loss_preset)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, best, history = 0, {"epoch": -1, "metrics": {}, "score": float("-inf")}, []
+    last = ckpt_dir / "last.pt"
+    if last.exists():
+        state = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, best, history = state["epoch"] + 1, state["best"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+    # find_unused_parameters: the negative-pair and MESM branches are skipped on some batches.
+    net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if distributed else model
+    use_amp = cfg.amp and device.startswith("cuda")
+
+    for epoch in progress(range(start, cfg.epochs), desc=f"train {type(model).__name__}", initial=start,
+                          total=cfg.epochs):
+        model.train()
+        generator = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        losses = []
+        for index in _batches(len(train_samples), cfg.batch_size, generator):
+            local = index[local_slice(len(index))]
+            batch: MomentBatch = collate_moments([train_samples[i] for i in local]).to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                terms = fine_loss(net(batch), batch, weights)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            losses.append(float(terms["total"].detach()))
+        record = {"epoch": epoch, "loss": mean_over_ranks(sum(losses) / max(len(losses), 1))}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            metrics, _ = evaluate_model(model, val_samples)
+            record["val"] = metrics
+            if rank == 0 and metrics[cfg.select_metric] > best["score"]:
+                best = {"epoch": epoch, "metrics": metrics, "score": metrics[cfg.select_metric]}
+                save_model(ckpt_dir / "best.pt", model, extra={"train_config": dataclasses.asdict(cfg),
+                                                               "epoch": epoch, "val": metrics})
+        history.append(record)
+        if rank == 0:
+            with atomic_path(last) as tmp:
+                torch.save(_state(model, optimizer, epoch, best, history), tmp)
+    if distributed:
+        torch.distributed.barrier()
+    best_model, _ = load_model(ckpt_dir / "best.pt", map_location=device)
+    summary = {"best_epoch": best["epoch"], "best_val": best["metrics"], "history": history,
+               "select_metric": cfg.select_metric}
+    if rank == 0:
+        atomic_write_json(ckpt_dir / "summary.json", summary)
+    return best_model, summary
+
+
+def train_or_load(name: str, model_config: dict, train_samples: list[MomentSample],
+                  val_samples: list[MomentSample], cfg: FineTrainConfig, ckpt_path: str | Path
+                  ) -> tuple[nn.Module, dict]:
+    """Load `ckpt_path` if it exists, else build `name` from `model_config`, train and save it there.
+
+    Returns (model in eval mode, extra) where extra holds the training summary.
+    """
+    import c2f_lib.models.mesm  # noqa: F401  (registers qd_detr and mesm)
+    import c2f_lib.models.moment_detr  # noqa: F401
+    from c2f_lib.models.registry import build_model
+
+    ckpt_path = Path(ckpt_path)
+    if ckpt_path.exists():
+        return load_model(ckpt_path)
+    seed_everything(cfg.seed)
+    model = build_model(name, model_config)
+    best, summary = train_fine(model, train_samples, val_samples, cfg, ckpt_path.with_suffix(".work"))
+    extra = {"train_config": dataclasses.asdict(cfg), "summary": summary}
+    save_model(ckpt_path, best, extra=extra)
+    return best.eval(), extra

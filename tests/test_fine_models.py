@@ -1,0 +1,157 @@
+"""Fine-stage models: shapes, predict contract, matcher, losses, post-processing, MESM modes, conversion."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import c2f_lib.models.mesm  # noqa: F401  (registers qd_detr + mesm)
+import c2f_lib.models.moment_detr  # noqa: F401
+from c2f_lib.features.types import MomentSample
+from c2f_lib.models.fine_batch import collate_moments
+from c2f_lib.models.fine_losses import fine_loss, rank_contrastive
+from c2f_lib.models.fine_presets import loss_preset
+from c2f_lib.models.matcher import hungarian_match
+from c2f_lib.models.mesm import group_key
+from c2f_lib.models.registry import build_model, load_model, save_model
+from c2f_lib.models.span_utils import postprocess_windows, se_to_cw, temporal_nms
+
+SMALL = dict(video_dim=16, text_dim=12, hidden_dim=32, n_heads=4, ffn_dim=64)
+MODELS = [("moment_detr", "moment_detr"), ("qd_detr", "qd_detr"), ("mesm", "mesm_qvhighlights")]
+
+
+def make_samples(n=6, seed=0, length=None):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        L = length or 8 + i
+        out.append(MomentSample(qid=i, query=f"q{i}", vid=f"v{i // 2}", duration=2.0 * L, clip_len=2.0,
+                                clip_feats=torch.randn(L, 16, generator=g),
+                                token_feats=torch.randn(4 + i % 3, 12, generator=g), windows=[[2.0, 8.0]]))
+    return out
+
+
+@pytest.mark.parametrize("name, preset", MODELS)
+def test_forward_loss_backward_and_predict_contract(name, preset):
+    torch.manual_seed(0)
+    model = build_model(name, SMALL).train()
+    samples = make_samples()
+    batch = collate_moments(samples)
+    out = model(batch)
+    assert out["pred_logits"].shape == (6, 10, 2) and out["pred_spans"].shape == (6, 10, 2)
+    assert out["saliency"].shape == batch.video_mask.shape and len(out["aux_outputs"]) == 1
+    terms = fine_loss(out, batch, loss_preset(preset))
+    terms["total"].backward()
+    assert torch.isfinite(terms["total"])
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > 0.8 * len(grads)
+    preds = model.predict(samples, top_k=5)
+    for p, s in zip(preds, samples):
+        assert set(p) == {"qid", "query", "vid", "pred_relevant_windows", "pred_saliency_scores"}
+        assert p["qid"] == s.qid and len(p["pred_saliency_scores"]) == s.clip_feats.shape[0]
+        scores = [w[2] for w in p["pred_relevant_windows"]]
+        assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+        assert all(0 <= w[0] < w[1] <= s.duration for w in p["pred_relevant_windows"])
+
+
+@pytest.mark.parametrize("name", ["moment_detr", "qd_detr", "mesm"])
+def test_predict_is_batch_invariant_long_videos_and_roundtrip(name, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(name, SMALL).eval()
+    samples = make_samples()
+    together = model.predict(samples)
+    alone = [model.predict([s])[0] for s in samples]
+    for a, b in zip(together, alone):
+        assert a["pred_relevant_windows"] == b["pred_relevant_windows"]
+        assert a["pred_saliency_scores"] == pytest.approx(b["pred_saliency_scores"], abs=1e-3)
+    long = make_samples(1, length=400)[0]                  # 800 s: no 150-s cap
+    assert len(model.predict([long])[0]["pred_saliency_scores"]) == 400
+    save_model(tmp_path / "m.pt", model)
+    again, _ = load_model(tmp_path / "m.pt")
+    assert again.predict(samples[:2]) == model.predict(samples[:2])
+
+
+def test_mesm_flags_and_context_modes():
+    torch.manual_seed(0)
+    plain = build_model("mesm", {**SMALL, "use_fw": False, "use_ss": False})
+    assert not any(k.startswith(("enhance_encoder", "ss_layers")) for k in plain.state_dict())
+    with pytest.raises(ValueError, match="context"):
+        build_model("mesm", {**SMALL, "context": "oracle"})
+    assert group_key("NUsG9BgSes0_210.0_360.0") == "NUsG9BgSes0" and group_key("video_7") == "video_7"
+    model = build_model("mesm", {**SMALL, "context": "transductive"}).eval()
+    samples = make_samples(4)
+    for i, s in enumerate(samples):                          # two windows of one YouTube video
+        s.vid = f"yt{i % 2}_{150 * (i // 2)}.0_{150 * (i // 2 + 1)}.0"
+    assert model.prediction_batches(samples + samples[:0]) == [[0, 2, 1, 3]]
+    together = model.predict(samples)
+    alone = model.predict([samples[0]])
+    # transductive: the prediction of a query depends on the other windows of its YouTube video
+    assert together[0]["pred_saliency_scores"] != alone[0]["pred_saliency_scores"]
+    model.cfg.context = "self"
+    assert model.predict(samples)[0] == model.predict([samples[0]])[0]
+
+
+def test_hungarian_match_prefers_close_spans():
+    spans = torch.tensor([[[0.2, 0.1], [0.7, 0.2], [0.5, 0.5]]])
+    logits = torch.zeros(1, 3, 2)
+    gt = [torch.tensor([[0.7, 0.2], [0.2, 0.1]])]
+    (q, t), = hungarian_match(logits, spans, gt)
+    assert dict(zip(t.tolist(), q.tolist())) == {0: 1, 1: 0}
+
+
+def test_rank_contrastive_prefers_ranked_saliency():
+    labels = torch.tensor([[0.0, 4.0, 8.0, 12.0]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    good = rank_contrastive(torch.tensor([[0.0, 1.0, 2.0, 3.0]]), labels, mask, 0.5, 12.0)
+    bad = rank_contrastive(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), labels, mask, 0.5, 12.0)
+    assert good < bad
+
+
+def test_postprocess_clamps_rounds_and_nms():
+    spans = se_to_cw(torch.tensor([[-0.1, 0.31], [0.3, 0.6], [0.32, 0.61]]))
+    rows = postprocess_windows(spans, torch.tensor([0.9, 0.5, 0.8]), extent=20.0, clip_len=2.0, duration=19.0)
+    assert rows[0] == [0.0, 6.0, 0.9] and rows[1] == [6.0, 12.0, 0.8] and rows[2][1] == 12.0
+    assert all(r[1] <= 19.0 for r in rows)
+    assert len(temporal_nms(rows, 0.7)) == 2
+
+
+def test_convert_reference_layout():
+    from c2f_lib.models.convert_fine import convert_state_dict
+
+    model = build_model("mesm", SMALL)
+    ours = model.state_dict()
+    reference = {   # the released checkpoints' names for a representative set of our tensors
+        "input_vid_proj.0.LayerNorm.weight": ours["input_vid_proj.0.weight"],
+        "input_txt_proj.1.net.1.weight": ours["input_txt_proj.6.weight"],
+        "transformer.t2v_encoder.layers.1.self_attn.in_proj_weight": ours["t2v_encoder.1.attn.in_proj_weight"],
+        "transformer.encoder.layers.0.linear2.bias": ours["encoder.0.ffn.3.bias"],
+        "transformer.encoder.layers.0.activation.weight": ours["encoder.0.ffn.1.weight"],
+        "enhance_encoder.layers.1.norm2.weight": ours["enhance_encoder.1.norm2.weight"],
+        "sent_rec_encoder.recon_trans.layers.3.linear1.weight": ours["ss_layers.3.ffn.0.weight"],
+        "transformer.decoder.bbox_embed.layers.2.weight": ours["decoder.bbox_embed.4.weight"],
+        "saliency_proj1.weight": ours["saliency_proj1.weight"], "global_rep_token": ours["global_rep_token"],
+        "transformer.decoder.layers.0.ca_qpos_sine_proj.weight": torch.zeros(3),
+        "clip_text_encoder.weight": torch.zeros(1),
+    }
+    converted, unmapped, uncovered = convert_state_dict({k: v.clone() + 1 for k, v in reference.items()}, model)
+    assert sorted(unmapped) == ["clip_text_encoder.weight", "transformer.decoder.layers.0.ca_qpos_sine_proj.weight"]
+    assert len(converted) == len(reference) - 2 and "decoder.norm.weight" in uncovered
+    for key, value in converted.items():
+        assert torch.equal(value, ours[key] + 1)
+    bad = {"saliency_proj1.weight": torch.zeros(2, 2)}
+    with pytest.raises(ValueError, match="shape"):
+        convert_state_dict(bad, model)
+
+
+def test_moment_plots_return_figures():
+    from matplotlib.figure import Figure
+
+    from c2f_lib.plots import moments as plots
+    from c2f_lib.training.fine import samples_to_ground_truth
+
+    samples = make_samples(3)
+    preds = build_model("qd_detr", SMALL).predict(samples)
+    gts = samples_to_ground_truth(samples)
+    assert plots.top1_ious(preds, gts).shape == (3,)
+    for fig in (plots.timelines(preds, gts), plots.saliency_curves(preds, gts, 2.0),
+                plots.iou_histograms({"qd": (preds, gts)}), plots.metric_bars({"qd": {"mIoU": 1.0}}, ["mIoU"])):
+        assert isinstance(fig, Figure)

@@ -1,0 +1,199 @@
+"""The moment-retrieval evaluator: hand-computed cases, an independent re-implementation, CLI, errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from c2f_lib.evaluation import moments_cli
+from c2f_lib.evaluation.moments import (
+    PredictionError, detection_ap, evaluate_moments, ranking_ap, temporal_iou)
+
+
+def _gt(qid, windows, duration=150.0, **extra):
+    return {"qid": qid, "query": f"q{qid}", "vid": f"v{qid}", "duration": duration,
+            "relevant_windows": windows, **extra}
+
+
+def _pred(qid, windows, saliency=None):
+    out = {"qid": qid, "query": f"q{qid}", "vid": f"v{qid}", "pred_relevant_windows": windows}
+    if saliency is not None:
+        out["pred_saliency_scores"] = saliency
+    return out
+
+
+# ------------------------------------------------------------------ hand-computed cases
+@pytest.mark.parametrize("pred, gt, expected", [
+    ([0, 10], [0, 10], 1.0),        # identical
+    ([0, 5], [5, 10], 0.0),         # touching
+    ([0, 5], [6, 10], 0.0),         # disjoint
+    ([2, 4], [0, 10], 0.2),         # contained
+    ([3, 3], [0, 10], 0.0),         # zero length
+    ([0, 7], [0, 10], 0.7),
+    ([5, 15], [0, 10], 5 / 15),     # half overlap
+])
+def test_temporal_iou_cases(pred, gt, expected):
+    assert temporal_iou(np.array([pred]), np.array([gt]))[0, 0] == pytest.approx(expected)
+
+
+def test_detection_ap_by_hand_two_gt_windows():
+    # GT [0,10], [20,30]; ranked preds: TP, FP, TP -> precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1.
+    # Envelope: 1 on (0, .5], 2/3 on (.5, 1] -> AP = .5 * 1 + .5 * 2/3 = 5/6 at every threshold.
+    preds = np.array([[40, 50], [20, 30], [0, 10]], dtype=float)
+    scores = np.array([0.8, 0.7, 0.9])          # deliberately not listed in score order
+    ap = detection_ap(preds, scores, np.array([[0, 10], [20, 30]], dtype=float))
+    np.testing.assert_allclose(ap, 5 / 6)
+
+
+def test_detection_ap_duplicate_is_false_positive_and_threshold_matters():
+    gt = np.array([[0.0, 10.0]])
+    # The duplicate cannot claim the locked GT, but it comes after full recall: AP stays 1.
+    assert detection_ap(np.array([[0, 10], [0, 10]], float), np.array([0.9, 0.8]), gt)[0] == 1.0
+    # IoU 0.7 exactly: a TP for θ <= 0.7, an FP above -> 5 of 10 thresholds.
+    ap = detection_ap(np.array([[0, 7]], float), np.array([1.0]), gt)
+    assert ap.tolist() == [1.0] * 5 + [0.0] * 5
+
+
+def test_r1_map_and_buckets_by_hand():
+    gts = [_gt(0, [[0, 10], [20, 30]]), _gt(1, [[0, 40]])]
+    preds = [_pred(0, [[0, 10, 0.9], [40, 50, 0.8], [20, 30, 0.7]]),
+             _pred(1, [[0, 28, 0.9]])]                  # IoU 0.7 with [0, 40]
+    out = evaluate_moments(preds, gts)
+    full = out["MR-full"]
+    assert full["R1@0.5"] == 100.0 and full["R1@0.7"] == 100.0 and full["R1@0.75"] == 50.0
+    # query 0: 5/6 at every θ; query 1: 1 for θ <= .7 (5 thresholds), else 0.
+    assert full["mAP"] == pytest.approx(round(100 * (5 / 6 + 0.5) / 2, 2))
+    assert full["mAP@0.5"] == pytest.approx(round(100 * (5 / 6 + 1) / 2, 2))
+    assert full["mAP@0.75"] == pytest.approx(round(100 * (5 / 6) / 2, 2))
+    # short bucket keeps query 0 with both of its 10-s windows; long keeps query 1 only.
+    assert out["MR-short"]["n_queries"] == 1 and out["MR-short"]["mAP"] == pytest.approx(83.33)
+    assert out["MR-middle"]["n_queries"] == 0 and "MR-middle-mAP" not in out["brief"]
+    assert out["MR-long"]["n_queries"] == 1 and out["MR-long"]["mAP"] == 50.0
+    # R5 takes the best of the first five listed windows; mIoU is the top-1 IoU.
+    assert out["recall"]["R1@0.7"] == 100.0 and out["recall"]["mIoU"] == pytest.approx(85.0)
+
+
+def test_bucket_counts_out_of_bucket_hit_as_false_positive():
+    gts = [_gt(0, [[0, 8], [50, 100]])]
+    preds = [_pred(0, [[50, 100, 0.9], [0, 8, 0.5]])]
+    out = evaluate_moments(preds, gts)
+    assert out["MR-full"]["mAP"] == 100.0
+    # short: only [0,8] stays; the top prediction is an FP -> precision 1/2 at recall 1.
+    assert out["MR-short"]["mAP"] == 50.0
+
+
+def test_ranking_ap_by_hand_and_conventions():
+    # ranked labels 1,0,0,1 -> interpolated precision 1 and 1/2 at the two positives.
+    assert ranking_ap(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.1, 0.5])) == pytest.approx(0.75)
+    assert ranking_ap(np.zeros(4), np.arange(4.0)) == 0.0
+    assert ranking_ap(np.ones(4), np.arange(4.0)) == 1.0
+    # tied scores form one threshold: 2 positives among 4 tied clips -> precision 1/2.
+    assert ranking_ap(np.array([1, 0, 1, 0]), np.zeros(4)) == pytest.approx(0.5)
+
+
+def test_highlight_metrics_by_hand():
+    gt = _gt(0, [[0, 4]], duration=8.0, relevant_clip_ids=[0, 2],
+             saliency_scores=[[4, 2, 1], [1, 3, 4]])       # 4 clips x 3 annotators
+    pred = _pred(0, [[0, 4, 1.0]], saliency=[0.1, 0.2, 0.9, 0.3])
+    hl = evaluate_moments([pred], [gt])["HL"]
+    # Fair (>=2): columns [1,0,0,0], [1,0,1,0], [0,0,1,0]; ranking by score: clip 2,3,1,0.
+    # AP col0 = 1/4; col1 = (1 + 2/4)/2 = 3/4; col2 = 1. Top clip 2 is positive for annotator 2/3.
+    assert hl["HL-min-Fair-mAP"] == pytest.approx(round(100 * (0.25 + 0.75 + 1) / 3, 2))
+    assert hl["HL-min-Fair-Hit1"] == 100.0
+    # VeryGood (>=4): columns [1,0,0,0], all-zero, [0,0,1,0] -> (1/4 + 0 + 1)/3.
+    assert hl["HL-min-VeryGood-mAP"] == pytest.approx(round(100 * 1.25 / 3, 2))
+
+
+# ------------------------------------------------------------------ independent re-implementation
+def _naive_iou(a, b):
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = (a[1] - a[0]) + (b[1] - b[0]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _naive_ap(pred, gt_windows, theta):
+    ranked = sorted(pred["pred_relevant_windows"][:10], key=lambda w: -w[2])
+    free, hits = list(gt_windows), []
+    for w in ranked:
+        best = max(free, key=lambda g: _naive_iou(w, g), default=None)
+        ok = best is not None and _naive_iou(w, best) >= theta
+        if ok:
+            free.remove(best)
+        hits.append(ok)
+    # AP = sum over true positives of (best precision at this or any later rank) / #GT
+    precisions = [sum(hits[:k + 1]) / (k + 1) for k in range(len(hits))]
+    return sum(max(precisions[k:]) for k in range(len(hits)) if hits[k]) / len(gt_windows)
+
+
+def _naive_ranking_ap(labels, scores):
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    pos_ranks = [r for r, i in enumerate(order) if labels[i]]
+    prec = [(k + 1) / (r + 1) for k, r in enumerate(pos_ranks)]
+    return sum(max(prec[k:]) for k in range(len(prec))) / len(prec)
+
+
+def test_matches_naive_implementation_on_random_predictions():
+    rng = np.random.default_rng(0)
+    gts, preds = [], []
+    for q in range(60):
+        starts = np.sort(rng.uniform(0, 100, rng.integers(1, 4)))
+        windows = [[float(s), float(s + rng.uniform(2, 40))] for s in starts]
+        gts.append(_gt(q, windows))
+        p_s = rng.uniform(0, 120, 12)
+        preds.append(_pred(q, [[float(s), float(s + rng.uniform(1, 40)), float(rng.uniform())]
+                               for s in p_s]))
+    out = evaluate_moments(preds, gts)["MR-full"]
+    thetas = [0.5 + 0.05 * i for i in range(10)]
+    naive = np.array([[_naive_ap(p, g["relevant_windows"], t) for t in thetas] for p, g in zip(preds, gts)])
+    assert out["mAP"] == pytest.approx(round(100 * naive.mean(), 2), abs=0.006)
+    assert out["mAP@0.5"] == pytest.approx(round(100 * naive[:, 0].mean(), 2), abs=0.006)
+    top1 = [max(_naive_iou(p["pred_relevant_windows"][0], g) for g in gt["relevant_windows"])
+            for p, gt in zip(preds, gts)]
+    assert out["R1@0.5"] == pytest.approx(100 * np.mean(np.array(top1) >= 0.5), abs=0.006)
+
+    for _ in range(20):
+        labels = rng.integers(0, 2, 15)
+        labels[0] = 1 - labels[1] if labels.min() == labels.max() else labels[0]
+        scores = rng.uniform(size=15)
+        assert ranking_ap(labels, scores) == pytest.approx(_naive_ranking_ap(labels, scores))
+
+
+# ------------------------------------------------------------------ errors and CLI
+def test_unknown_and_missing_qids_are_errors():
+    gts = [_gt(0, [[0, 10]]), _gt(1, [[0, 10]])]
+    with pytest.raises(PredictionError, match="not in the ground truth"):
+        evaluate_moments([_pred(0, [[0, 10, 1]]), _pred(7, [[0, 10, 1]])], gts)
+    with pytest.raises(PredictionError, match="have no prediction"):
+        evaluate_moments([_pred(0, [[0, 10, 1]])], gts)
+    assert evaluate_moments([_pred(0, [[0, 10, 1]])], gts, match_number=False)["n_queries"] == 1
+    with pytest.raises(PredictionError, match="start, end, score"):
+        evaluate_moments([_pred(0, [[0, 10]]), _pred(1, [[0, 10, 1]])], gts)
+
+
+def test_cli_writes_metrics(tmp_path, capsys):
+    gt_path, pred_path, out = tmp_path / "gt.jsonl", tmp_path / "p.jsonl", tmp_path / "m.json"
+    gt_path.write_text(json.dumps(_gt("a", [[0, 10]], duration=30.0)) + "\n")
+    pred_path.write_text(json.dumps(_pred("a", [[0, 10, 0.5]])) + "\n")
+    parser = __import__("argparse").ArgumentParser()
+    moments_cli.add_arguments(parser)
+    assert moments_cli.main(parser.parse_args([str(pred_path), str(gt_path), "--out", str(out)])) == 0
+    assert json.loads(out.read_text())["brief"]["MR-full-R1@0.7"] == 100.0
+    pred_path.write_text(json.dumps(_pred("b", [[0, 10, 0.5]])) + "\n")
+    assert moments_cli.main(parser.parse_args([str(pred_path), str(gt_path)])) == 1
+    assert "not in the ground truth" in capsys.readouterr().err
+
+
+def test_qvhighlights_val_ground_truth_as_predictions(shared_datasets):
+    from c2f_lib.data.schema import read_moments
+
+    gts = [m.to_json() for m in read_moments(shared_datasets / "qvhighlights" / "highlight_val_release.jsonl")]
+    preds = [_pred(g["qid"], [[s, e, 1.0 - 0.01 * i] for i, (s, e) in enumerate(g["relevant_windows"])])
+             for g in gts]
+    out = evaluate_moments(preds, gts, match_number=False)
+    # Bucket sizes of the official evaluator on val (spec fine.md §3.1): 429 / 957 / 574 of 1550.
+    assert [out[f"MR-{b}"]["n_queries"] for b in ("full", "short", "middle", "long")] == [1550, 429, 957, 574]
+    assert out["MR-full"]["R1@0.7"] == 100.0
+    # Only the first 10 predictions count: a query with n > 10 GT windows reaches recall 10/n at precision 1.
+    expected = np.mean([min(1.0, 10 / len(g["relevant_windows"])) for g in gts])
+    assert out["MR-full"]["mAP"] == pytest.approx(round(100 * expected, 2)) and out["MR-full"]["mAP"] < 100
