@@ -122,11 +122,29 @@ def build_report(stages: dict[str, dict | None], results: list[MethodResult], fi
     for name, path in figures.items():
         lines += ["", f"### {name}", "", f"![{name}]({path})"]
     for stage, metrics in stages.items():
-        if metrics is not None:
-            flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            if flat:
-                lines += ["", f"## `{stage}` headline numbers", "", _table([flat], list(flat))]
+        rows = [{"metric": " / ".join(path), "value": value} for path, value in _leaves(metrics or {})]
+        if rows:
+            lines += ["", f"## `{stage}` headline numbers", "", _table(rows, ["metric", "value"])]
     return "\n".join(lines) + "\n"
+
+
+# Bulky or per-seed entries of a stage's metrics that the report leaves to the json file.
+_NOT_HEADLINE = {"provenance", "model_config", "per_seed", "config", "history"}
+
+
+def _leaves(metrics: dict, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str | float]]:
+    """(path, value) for every number in a nested metrics dict; {mean, std} pairs become 'mean ± std'."""
+    if all(isinstance(metrics.get(k), (int, float)) for k in ("mean", "std")):
+        return [(path, f"{metrics['mean']:.2f} ± {metrics['std']:.2f}")]
+    found = []
+    for key, value in metrics.items():
+        if key in _NOT_HEADLINE:
+            continue
+        if isinstance(value, dict):
+            found += _leaves(value, (*path, str(key)))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.append(((*path, str(key)), value))
+    return found
 
 
 def write_report(run_dir: str | Path, markdown: str) -> Path:
