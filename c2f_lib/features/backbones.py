@@ -10,6 +10,7 @@
     backbone.encode_tokens(list[str])           -> ([T, Lq, Dt], mask [T, Lq])
                                                    text transformer last hidden states (after the
                                                    final LayerNorm, before projection: MESM/QD-DETR)
+    backbone.encode_texts(list[str])            -> both of the above from one text-transformer pass
 
 Nothing is normalised here; every output is float32 on the CPU.
 """
@@ -68,6 +69,12 @@ class Backbone(ABC):
     def encode_tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, _, mask = self._text_features(texts)
         return hidden.float().cpu(), mask.cpu()  # [T, Lq, Dt], [T, Lq] bool
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sentence and token features from one pass of the text transformer."""
+        hidden, sentence, mask = self._text_features(texts)
+        return sentence.float().cpu(), hidden.float().cpu(), mask.cpu()  # [T, D], [T, Lq, Dt], [T, Lq]
 
     @abstractmethod
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:

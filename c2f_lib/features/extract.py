@@ -117,8 +117,7 @@ def extract_dataset(dataset_dir: str | Path, backbone: Backbone, out: str | Path
         batches = range(0, len(todo_texts), cfg.text_batch)
         for start in progress(batches, desc="text features", unit="batch"):
             batch = todo_texts[start:start + cfg.text_batch]
-            sentences = backbone.encode_sentences(batch)       # [T, D]
-            tokens, mask = backbone.encode_tokens(batch)       # [T, Lq, Dt], [T, Lq]
+            sentences, tokens, mask = backbone.encode_texts(batch)  # [T, D], [T, Lq, Dt], [T, Lq]
             for text, sentence, token, valid in zip(batch, sentences, tokens, mask):
                 writer.put_text(text, sentence=sentence, tokens=token[valid])
             summary["encoded_texts"] += len(batch)
