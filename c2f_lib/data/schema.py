@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from c2f_lib.utils import atomic_path
 
@@ -144,21 +144,23 @@ def parse_captions(record: Any, path: str | Path = "<memory>", line: int = 0) ->
     return VideoCaptions(vid=vid, captions=list(captions), duration=duration, meta=meta)
 
 
-def _read_jsonl(path: str | Path, parse) -> list:
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded record) for every non-blank line; bad JSON names the file and line."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: annotation file not found")
-    records = []
+        raise FileNotFoundError(f"{path}: file not found")
     with path.open() as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield line_no, json.loads(line)
             except json.JSONDecodeError as err:
                 raise SchemaError(path, line_no, "<json>", f"not valid JSON ({err.msg})") from None
-            records.append(parse(record, path, line_no))
-    return records
+
+
+def _read_jsonl(path: str | Path, parse) -> list:
+    return [parse(record, path, line_no) for line_no, record in iter_jsonl(path)]
 
 
 def _write_jsonl(path: str | Path, records: Iterable) -> None:

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from c2f_lib.data.schema import iter_jsonl
+
 MAP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 R1_THRESHOLDS = MAP_THRESHOLDS
 RECALL_THRESHOLDS = (0.3, 0.5, 0.7)
@@ -261,18 +263,7 @@ def evaluate_moments(preds: list[dict], gts: list[dict], buckets: dict | None = 
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: file not found")
-    records = []
-    with path.open() as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-    return records
+    return [record for _, record in iter_jsonl(path)]
 
 
 def evaluate_files(pred_path: str | Path, gt_path: str | Path, **kwargs) -> dict[str, Any]:
