@@ -6,7 +6,7 @@ import pytest
 
 from c2f_lib.features.decode import (VideoDecodeError, clip_indices, open_video, sample_video,
                                      uniform_indices)
-from c2f_lib.features.testing import read_frame_number, write_numbered_video
+from c2f_lib.features.testing import read_frame_number, write_numbered_video, zero_tail_of_frame_data
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +81,18 @@ def test_corrupt_and_truncated_videos(tmp_path, numbered_video):
         assert "cut.mp4" in str(err)
     else:
         assert [read_frame_number(f) for f in video.frames] == video.frame_indices.tolist()
+
+
+def test_over_reported_frame_count_never_indexes_past_what_decodes(tmp_path, numbered_video):
+    # 53 packets listed, the last third damaged: only the frames before the damage decode.
+    damaged = zero_tail_of_frame_data(numbered_video, tmp_path / "damaged.mp4")
+    assert len(open_video(damaged, backend="pyav").timestamps) == 53
+    for backend in ("pyav", "auto"):  # auto: decord fails on the damaged frames, PyAV takes over
+        video = sample_video(damaged, num_frames=6, clip_len=2.0, backend=backend)
+        assert 0 < video.num_decodable < 53
+        assert video.frame_indices.tolist() == uniform_indices(video.num_decodable, 6).tolist()
+        assert [read_frame_number(f) for f in video.frames] == video.frame_indices.tolist()
+        assert video.clip_indices.max() < video.num_decodable
+        assert [[read_frame_number(f) for f in row] for row in video.clip_frames] == video.clip_indices.tolist()
+    with pytest.raises(VideoDecodeError, match="damaged.mp4"):  # decord alone: a clear error, no hang
+        sample_video(damaged, num_frames=6, backend="decord")

@@ -10,8 +10,10 @@ Two samplings share one decode pass:
   from each frame's timestamp, so variable-frame-rate files are sampled by time, not by index.
 
 Indices are always computed from frames that exist, never from a container's nominal count
-(decord hangs on indices past what decodes, decord#373); PyAV counts demuxed packets and, if
-fewer frames decode than packets, reports the frames it actually returned.
+(decord hangs or fails on indices past what decodes, decord#373). Both backends count demuxed
+packets; when a damaged packet stops decoding early, PyAV records how many frames did decode
+(`num_decodable`) and the sampling is recomputed over those frames, and a decord failure in
+"auto" mode falls back to PyAV for that file.
 """
 from __future__ import annotations
 
@@ -96,6 +98,7 @@ class _DecordReader:
         stamps = self._vr.get_frame_timestamp(np.arange(len(self._vr)))  # [T, 2] start, end seconds
         self.timestamps = stamps[:, 0] - stamps[0, 0]
         self.duration = float(stamps[-1, 1] - stamps[0, 0])
+        self.num_decodable = len(self.timestamps)
 
     def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         frames = self._vr.get_batch(list(map(int, indices))).asnumpy()  # [N, H, W, 3]
@@ -120,6 +123,7 @@ class _PyAVReader:
         pts = np.sort(np.asarray(pts, dtype=np.float64))  # presentation order
         self.timestamps = (pts - pts[0]) * base
         self.duration = float(self.timestamps[-1] + 1.0 / rate)
+        self.num_decodable = len(self.timestamps)  # lowered by get() when decoding stops early
 
     def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import av
@@ -131,11 +135,14 @@ class _PyAVReader:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             index = -1
-            for index, frame in enumerate(container.decode(stream)):
-                if index in wanted:
-                    kept[index] = self._to_array(frame)
-                if index >= last_wanted:
-                    break
+            try:
+                for index, frame in enumerate(container.decode(stream)):
+                    if index in wanted:
+                        kept[index] = self._to_array(frame)
+                    if index >= last_wanted:
+                        break
+            except av.error.FFmpegError:  # a damaged packet: the frames after it do not decode
+                self.num_decodable = index + 1
         if not kept:
             raise VideoDecodeError(f"{self._path}: no frame decodes")
         # Fewer frames decoded than the container listed: use the last frame that exists.
@@ -180,20 +187,41 @@ def sample_video(path: str | Path, num_frames: int = 12, clip_len: float = 2.0, 
                  short_side: int | None = None) -> SampledVideo:
     """Decode the N uniform frames and the clip frames of one video in one pass."""
     reader = open_video(path, backend, short_side)
-    total = len(reader.timestamps)
-    picks = uniform_indices(total, num_frames, mode, rng)                                    # [N]
-    per_clip = clip_indices(reader.timestamps, reader.duration, clip_len, frames_per_clip)  # [L, K]
-    union = np.unique(np.concatenate([picks, per_clip.ravel()]))  # sorted: rows via searchsorted
     try:
-        frames, actual = reader.get(union)
+        return _sample(reader, path, num_frames, clip_len, frames_per_clip, mode, rng)
     except VideoDecodeError:
-        raise
-    except Exception as err:  # a file that opens but breaks mid-stream
-        raise VideoDecodeError(f"{path}: decoding failed ({type(err).__name__}: {err})") from None
+        if backend != "auto" or isinstance(reader, _PyAVReader):
+            raise
+    # decord opened the file but failed on a frame (e.g. one past a damaged packet): PyAV finds
+    # how many frames really decode.
+    return _sample(_PyAVReader(Path(path), short_side), path, num_frames, clip_len, frames_per_clip, mode, rng)
+
+
+def _sample(reader, path, num_frames: int, clip_len: float, frames_per_clip: int, mode: str,
+            rng: np.random.Generator | None) -> SampledVideo:
+    rng_state = rng.bit_generator.state if rng is not None else None
+    for _ in range(2):  # a second pass only when fewer frames decoded than the container lists
+        total = reader.num_decodable
+        stamps = reader.timestamps[:total]
+        duration = reader.duration if total == len(reader.timestamps) else \
+            float(stamps[-1] + reader.duration / len(reader.timestamps))
+        if rng_state is not None:  # the same random draws on the second pass
+            rng.bit_generator.state = rng_state
+        picks = uniform_indices(total, num_frames, mode, rng)                    # [N]
+        per_clip = clip_indices(stamps, duration, clip_len, frames_per_clip)     # [L, K]
+        union = np.unique(np.concatenate([picks, per_clip.ravel()]))  # sorted: rows via searchsorted
+        try:
+            frames, actual = reader.get(union)
+        except VideoDecodeError:
+            raise
+        except Exception as err:  # a file that opens but breaks mid-stream
+            raise VideoDecodeError(f"{path}: decoding failed ({type(err).__name__}: {err})") from None
+        if reader.num_decodable == total:
+            break
     pick_rows, clip_rows = np.searchsorted(union, picks), np.searchsorted(union, per_clip)
     return SampledVideo(
         frames=frames[pick_rows], frame_indices=actual[pick_rows],
         clip_frames=frames[clip_rows], clip_indices=actual[clip_rows],
-        fps=total / reader.duration if reader.duration > 0 else float("nan"),
-        duration=reader.duration, num_decodable=total,
+        fps=total / duration if duration > 0 else float("nan"),
+        duration=duration, num_decodable=total,
     )

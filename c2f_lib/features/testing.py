@@ -92,6 +92,21 @@ def write_numbered_video(path: str | Path, num_frames: int, fps: float = 10.0, s
     return path
 
 
+def zero_tail_of_frame_data(src: str | Path, dst: str | Path, keep: float = 2 / 3) -> Path:
+    """Copy of an mp4 whose frame data after the first `keep` share is zeroed, sizes unchanged.
+
+    The container still lists every packet, but the damaged ones no longer decode: a file that
+    over-reports its frame count, as real downloads cut or corrupted in transit do.
+    """
+    data = bytearray(Path(src).read_bytes())
+    start, moov = data.find(b"mdat") + 4, data.find(b"moov")
+    end = moov - 4 if moov > start else len(data)
+    cut = start + int((end - start) * keep)
+    data[cut:end] = bytes(end - cut)
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
+
+
 def numbered_frame(k: int, size: int = 64) -> np.ndarray:
     """[size, size, 3] uint8 image of the 8 bits of k (2 rows x 4 columns of blocks)."""
     image = np.zeros((size, size, 3), dtype=np.uint8)
