@@ -64,3 +64,16 @@ def test_ddp_two_gloo_processes_stay_in_sync(tmp_path):
     init = build_model("qd_detr", SMALL).state_dict()
     assert any(not torch.equal(a[k], init[k]) for k in a)      # it trained
     assert (tmp_path / "ckpt" / "best.pt").exists()
+
+
+def test_train_or_load_reuses_only_a_matching_checkpoint(tmp_path):
+    from c2f_lib.training.fine import train_or_load
+
+    train, val = make_samples(8, seed=1), make_samples(4, seed=2)
+    path = tmp_path / "mesm.pt"
+    _, first = train_or_load("mesm", SMALL, train, val, _cfg(epochs=1), path)
+    stamp = path.stat().st_mtime_ns
+    _, again = train_or_load("mesm", SMALL, train, val, _cfg(epochs=1), path)
+    assert path.stat().st_mtime_ns == stamp and again["made_from"] == first["made_from"]   # reused
+    _, changed = train_or_load("mesm", SMALL, train, val, _cfg(epochs=2), path)            # config changed
+    assert changed["made_from"] != first["made_from"] and len(changed["summary"]["history"]) == 2

@@ -43,3 +43,34 @@ def test_errors_name_the_problem(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt"):
         load_model(tmp_path / "junk.pt")
+
+
+def test_only_a_checkpoint_made_from_the_same_inputs_is_reused(tmp_path, capsys):
+    from c2f_lib.models.registry import fingerprint, load_if_reusable
+
+    made_from = fingerprint("toy_for_tests", {"dim": 3}, ["v1", "v2"])
+    assert made_from != fingerprint("toy_for_tests", {"dim": 3}, ["v1", "v3"])
+    path = tmp_path / "toy.pt"
+    assert load_if_reusable(path, made_from) is None                       # nothing there yet
+    save_model(path, build_model("toy_for_tests", {"dim": 3}), extra={"made_from": made_from})
+    model, extra = load_if_reusable(path, made_from)
+    assert model.cfg.dim == 3 and extra["made_from"] == made_from
+    assert load_if_reusable(path, fingerprint("other settings")) is None
+    assert "other settings or data" in capsys.readouterr().out
+    # a checkpoint whose layout the model code no longer matches: retrain, do not crash
+    payload = torch.load(path, weights_only=False)
+    payload["state_dict"] = {"old_name.weight": torch.zeros(3, 3)}
+    torch.save(payload, path)
+    assert load_if_reusable(path, made_from) is None
+    assert "cannot be reused" in capsys.readouterr().out
+
+
+def test_work_dir_is_cleared_unless_made_from_the_same_inputs(tmp_path):
+    from c2f_lib.models.registry import claim_work_dir
+
+    work = claim_work_dir(tmp_path / "run", "a")
+    (work / "last.pt").write_text("state")
+    assert (claim_work_dir(tmp_path / "run", "a") / "last.pt").exists()          # same inputs: resume
+    assert not (claim_work_dir(tmp_path / "run", "b") / "last.pt").exists()      # other inputs: cleared
+    (work / "last.pt").write_text("state")
+    assert not (claim_work_dir(tmp_path / "run", "b", fresh=True) / "last.pt").exists()

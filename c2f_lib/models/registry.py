@@ -8,6 +8,9 @@ A model class is registered under a name, is built from one dataclass config
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,6 +77,45 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, 
     model = build_model(payload["model"], payload["config"])
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload.get("extra", {})
+
+
+def fingerprint(*parts: Any) -> str:
+    """Short hash of what a checkpoint was made from (model, configs, training data ids)."""
+    payload = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def load_if_reusable(path: str | Path, made_from: str) -> tuple[nn.Module, dict[str, Any]] | None:
+    """The checkpoint at `path` if it exists, loads with this code and was made from `made_from`.
+
+    Otherwise None, saying why: "load if it exists" must never hand back a model trained with
+    other settings or on other data (a changed config reruns a stage in the same run directory),
+    nor fail on a checkpoint whose layout an edit of the model code changed.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        model, extra = load_model(path)
+    except (ValueError, RuntimeError, KeyError, TypeError) as err:
+        print(f"{path}: cannot be reused ({str(err).splitlines()[0]}); training again")
+        return None
+    if extra.get("made_from") != made_from:
+        print(f"{path}: made with other settings or data; training again")
+        return None
+    return model, extra
+
+
+def claim_work_dir(folder: str | Path, made_from: str, fresh: bool = False) -> Path:
+    """Resume state in `folder` is kept only if it was made from `made_from` (and not `fresh`)."""
+    folder = Path(folder)
+    stamp = folder / "made_from.txt"
+    if folder.exists() and (fresh or not stamp.exists() or stamp.read_text() != made_from):
+        shutil.rmtree(folder, ignore_errors=True)  # ignore: DDP ranks may race to clear it
+        print(f"{folder}: earlier resume state removed")
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(made_from)
+    return folder
 
 
 def _import_model_modules() -> None:

@@ -286,15 +286,20 @@ def train_or_load_coarse(method: str, model_config: Any, train: Split, val: Spli
     Training state (resumable) lives in the folder `path` without its suffix. Returns the model
     (eval mode, on cfg.device) and the checkpoint's `extra` (best epoch, validation metrics, history).
     """
-    from c2f_lib.models.registry import build_model, load_model
+    from c2f_lib.models.registry import build_model, claim_work_dir, fingerprint, load_if_reusable, load_model
 
     path = Path(path)
-    if not path.exists():
+    made_from = fingerprint(method, asdict(model_config), asdict(cfg), train.video_ids, val.video_ids)
+    loaded = load_if_reusable(path, made_from)
+    if loaded is None:
         model = build_model(method, asdict(model_config))
-        result = train_coarse(model, train, val, cfg, path.with_suffix(""))
+        work_dir = claim_work_dir(path.with_suffix(""), made_from, fresh=path.exists())
+        result = train_coarse(model, train, val, cfg, work_dir)
         if rank_and_world()[0] == 0:
             save_model(path, model, {"epoch": result.best_epoch, "val_metrics": result.best_metrics,
                                      "history": result.history, "train_config": asdict(cfg),
+                                     "made_from": made_from,
                                      "provenance": provenance(asdict(cfg), cfg.seed)})
-    model, extra = load_model(path)
+        loaded = load_model(path)
+    model, extra = loaded
     return model.to(resolve_device(cfg.device)), extra

@@ -145,14 +145,18 @@ def train_or_load(name: str, model_config: dict, train_samples: list[MomentSampl
     """
     import c2f_lib.models.mesm  # noqa: F401  (registers qd_detr and mesm)
     import c2f_lib.models.moment_detr  # noqa: F401
-    from c2f_lib.models.registry import build_model
+    from c2f_lib.models.registry import build_model, claim_work_dir, fingerprint, load_if_reusable
 
     ckpt_path = Path(ckpt_path)
-    if ckpt_path.exists():
-        return load_model(ckpt_path)
+    made_from = fingerprint(name, model_config, dataclasses.asdict(cfg),
+                            [s.qid for s in train_samples], [s.qid for s in val_samples])
+    loaded = load_if_reusable(ckpt_path, made_from)
+    if loaded is not None:
+        return loaded
     seed_everything(cfg.seed)
     model = build_model(name, model_config)
-    best, summary = train_fine(model, train_samples, val_samples, cfg, ckpt_path.with_suffix(".work"))
-    extra = {"train_config": dataclasses.asdict(cfg), "summary": summary}
+    work_dir = claim_work_dir(ckpt_path.with_suffix(".work"), made_from, fresh=ckpt_path.exists())
+    best, summary = train_fine(model, train_samples, val_samples, cfg, work_dir)
+    extra = {"train_config": dataclasses.asdict(cfg), "summary": summary, "made_from": made_from}
     save_model(ckpt_path, best, extra=extra)
     return best.eval(), extra

@@ -20,7 +20,7 @@ from torch import nn
 
 from c2f_lib.evaluation.retrieval import evaluate_retrieval
 from c2f_lib.features.types import CoarseSplit
-from c2f_lib.models.registry import load_model, save_model
+from c2f_lib.models.registry import claim_work_dir, fingerprint, load_if_reusable, load_model, save_model
 from c2f_lib.models.textdiff import TextDiff, TextDiffConfig
 from c2f_lib.models.xpool import XPool, eval_mode
 from c2f_lib.progress import progress
@@ -119,23 +119,26 @@ def train_textdiff(train: CoarseSplit, val: CoarseSplit, cfg: TextDiffTrainConfi
     """
     ckpt_dir = Path(ckpt_dir)
     final = ckpt_dir / "textdiff.pt"
-    if final.exists():
-        model, extra = load_model(final)
-        return model, extra.get("history", {})
+    made_from = fingerprint(asdict(cfg), train.video_ids, val.video_ids, base_fingerprint(base))
+    loaded = load_if_reusable(final, made_from)
+    if loaded is not None:
+        return loaded[0], loaded[1].get("history", {})
+    claim_work_dir(ckpt_dir, made_from, fresh=final.exists())
     history: dict[str, Any] = {}
     model = TextDiff(cfg.model)
     model.xpool.load_state_dict(_base_pool(train, val, cfg, ckpt_dir, base).state_dict())
     model.fit_basis(train.text_emb, train.frames[train.text_to_video])
 
     teacher_path = ckpt_dir / "teacher.pt"
-    if teacher_path.exists():
-        teacher, extra = load_model(teacher_path)
+    reused_teacher = load_if_reusable(teacher_path, made_from)
+    if reused_teacher is not None:
+        teacher, extra = reused_teacher
         model.load_state_dict(teacher.state_dict())
         history["teacher"] = extra.get("history", [])
     else:
         history["teacher"] = train_teacher(model, train, val, cfg.teacher)
         save_model(teacher_path, model, {"phase": "teacher", "history": history["teacher"],
-                                         "provenance": provenance(asdict(cfg), cfg.teacher.seed)})
+                                         "made_from": made_from, "provenance": provenance(asdict(cfg), cfg.teacher.seed)})
 
     if cfg.student_init == "teacher":
         model.init_student_from_teacher()
@@ -144,8 +147,16 @@ def train_textdiff(train: CoarseSplit, val: CoarseSplit, cfg: TextDiffTrainConfi
     history["student"] = {"best_epoch": result.best_epoch, "best_val": result.best_metrics,
                           "epochs": result.history}
     save_model(final, model, {"phase": "student", "history": history, "train_config": asdict(cfg),
+                              "made_from": made_from,
                               "provenance": provenance(asdict(cfg), cfg.student.seed)})
     return model.eval(), history
+
+
+def base_fingerprint(base: XPool | None) -> str | None:
+    """Identity of a given X-Pool: its config and weights (None when TextDiff trains its own)."""
+    if base is None:
+        return None
+    return fingerprint(asdict(base.cfg), [(k, v.float().sum().item()) for k, v in base.state_dict().items()])
 
 
 def _base_pool(train: CoarseSplit, val: CoarseSplit, cfg: TextDiffTrainConfig, ckpt_dir: Path,
