@@ -1,4 +1,4 @@
-"""Fine-stage models: shapes, predict contract, matcher, losses, post-processing, MESM modes, conversion."""
+"""Fine-stage models: shapes, predict contract, matcher, losses, saliency pairs, post-processing, MESM modes."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,7 @@ import c2f_lib.models.mesm  # noqa: F401  (registers qd_detr + mesm)
 import c2f_lib.models.moment_detr  # noqa: F401
 from c2f_lib.features.types import MomentSample
 from c2f_lib.models.fine_batch import collate_moments
-from c2f_lib.models.fine_losses import fine_loss, rank_contrastive
+from c2f_lib.models.fine_losses import fine_loss, hinge_saliency, rank_contrastive, saliency_pairs
 from c2f_lib.models.fine_presets import loss_preset
 from c2f_lib.models.matcher import hungarian_match
 from c2f_lib.models.mesm import group_key
@@ -106,40 +106,50 @@ def test_rank_contrastive_prefers_ranked_saliency():
     assert good < bad
 
 
+def _row(*values, dtype=torch.float32):
+    return torch.tensor([values], dtype=dtype)
+
+
+def test_saliency_pairs_hard_and_easy_from_graded_scores():
+    # GT clips 1-4 (clip 4 scored 0 by every annotator), clips 0 and 5 outside, clip 6 padding
+    labels = _row(0, 3, 12, 3, 0, 0, 0)
+    inside = _row(0, 1, 1, 1, 1, 0, 0, dtype=torch.bool)
+    mask = _row(1, 1, 1, 1, 1, 1, 0, dtype=torch.bool)
+    easy_pos, easy_neg = set(), set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        pos, neg, valid = saliency_pairs(labels, inside, mask)
+        assert bool(valid[0]) and (pos[0, 0], neg[0, 0]) == (2, 4)      # hard: best vs worst GT clip
+        easy_pos.add(int(pos[0, 1]))
+        easy_neg.add(int(neg[0, 1]))
+    assert easy_pos == {1, 2, 3, 4} and easy_neg == {0, 5}              # easy: any GT clip vs outside, no padding
+    # ties: the latest of the best, the earliest of the worst; no clip outside -> the easy pair copies the hard one
+    everywhere = _row(1, 1, 1, 1, dtype=torch.bool)
+    pos, neg, _ = saliency_pairs(_row(5, 5, 2, 2), everywhere, everywhere)
+    assert pos.tolist() == [[1, 1]] and neg.tolist() == [[2, 2]]
+    # the loss on these pairs: hard pair has equal scores (margin 0.2), easy pair is separated by 0.5 (0)
+    scores = _row(0.0, 0.5, 0.5, 0.5, 0.5, 0.0, 9.0)
+    torch.manual_seed(0)
+    assert hinge_saliency(scores, labels, inside, mask, margin=0.2).item() == pytest.approx(0.2)
+
+
+def test_saliency_pairs_binary_labels_sample_inside_vs_outside():
+    labels = torch.tensor([[0.0, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        pos, neg, valid = saliency_pairs(labels, labels > 0, mask)
+        assert valid.tolist() == [True, False]                          # query 2 has no clip outside
+        assert set(pos[0].tolist()) <= {1, 2, 3} and set(neg[0].tolist()) <= {0, 4, 5}
+        assert pos[0, 0] != pos[0, 1] and neg[0, 0] != neg[0, 1]        # 2 distinct clips each
+
+
 def test_postprocess_clamps_rounds_and_nms():
     spans = se_to_cw(torch.tensor([[-0.1, 0.31], [0.3, 0.6], [0.32, 0.61]]))
     rows = postprocess_windows(spans, torch.tensor([0.9, 0.5, 0.8]), extent=20.0, clip_len=2.0, duration=19.0)
     assert rows[0] == [0.0, 6.0, 0.9] and rows[1] == [6.0, 12.0, 0.8] and rows[2][1] == 12.0
     assert all(r[1] <= 19.0 for r in rows)
     assert len(temporal_nms(rows, 0.7)) == 2
-
-
-def test_convert_reference_layout():
-    from c2f_lib.models.convert_fine import convert_state_dict
-
-    model = build_model("mesm", SMALL)
-    ours = model.state_dict()
-    reference = {   # the released checkpoints' names for a representative set of our tensors
-        "input_vid_proj.0.LayerNorm.weight": ours["input_vid_proj.0.weight"],
-        "input_txt_proj.1.net.1.weight": ours["input_txt_proj.6.weight"],
-        "transformer.t2v_encoder.layers.1.self_attn.in_proj_weight": ours["t2v_encoder.1.attn.in_proj_weight"],
-        "transformer.encoder.layers.0.linear2.bias": ours["encoder.0.ffn.3.bias"],
-        "transformer.encoder.layers.0.activation.weight": ours["encoder.0.ffn.1.weight"],
-        "enhance_encoder.layers.1.norm2.weight": ours["enhance_encoder.1.norm2.weight"],
-        "sent_rec_encoder.recon_trans.layers.3.linear1.weight": ours["ss_layers.3.ffn.0.weight"],
-        "transformer.decoder.bbox_embed.layers.2.weight": ours["decoder.bbox_embed.4.weight"],
-        "saliency_proj1.weight": ours["saliency_proj1.weight"], "global_rep_token": ours["global_rep_token"],
-        "transformer.decoder.layers.0.ca_qpos_sine_proj.weight": torch.zeros(3),
-        "clip_text_encoder.weight": torch.zeros(1),
-    }
-    converted, unmapped, uncovered = convert_state_dict({k: v.clone() + 1 for k, v in reference.items()}, model)
-    assert sorted(unmapped) == ["clip_text_encoder.weight", "transformer.decoder.layers.0.ca_qpos_sine_proj.weight"]
-    assert len(converted) == len(reference) - 2 and "decoder.norm.weight" in uncovered
-    for key, value in converted.items():
-        assert torch.equal(value, ours[key] + 1)
-    bad = {"saliency_proj1.weight": torch.zeros(2, 2)}
-    with pytest.raises(ValueError, match="shape"):
-        convert_state_dict(bad, model)
 
 
 def test_moment_plots_return_figures():

@@ -33,17 +33,47 @@ def set_losses(logits, spans, gt_spans, w: FineLossWeights) -> dict[str, torch.T
             "label": w.label * ce}
 
 
-def hinge_saliency(scores, labels, mask, margin: float, n_pairs: int = 2) -> torch.Tensor:
-    """Random (inside-GT, outside-GT) clip pairs per query: mean max(0, margin + s_neg - s_pos) * 2."""
-    losses = []
-    for s, y, m in zip(scores, labels, mask):
-        pos, neg = torch.nonzero((y > 0) & m)[:, 0], torch.nonzero((y <= 0) & m)[:, 0]
-        if len(pos) == 0 or len(neg) == 0:
-            continue
-        p = pos[torch.randint(len(pos), (n_pairs,), device=pos.device)]
-        n = neg[torch.randint(len(neg), (n_pairs,), device=neg.device)]
-        losses.append(torch.clamp(margin + s[n] - s[p], min=0))
-    return torch.cat(losses).mean() * 2 if losses else scores.sum() * 0
+def is_binary(labels: torch.Tensor) -> bool:
+    """True for GT-membership targets (Charades/TACoS), False for graded QVHighlights scores."""
+    return bool(((labels == 0) | (labels == 1)).all())
+
+
+def _random_member(allowed: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, L] bool -> [B, k] uniformly drawn distinct allowed indices (repeats only when fewer than k)."""
+    draw = torch.where(allowed, torch.rand(allowed.shape, device=allowed.device), -1.0)
+    value, index = draw.topk(k, dim=1)
+    return torch.where(value >= 0, index, index[:, :1])
+
+
+def saliency_pairs(labels, inside, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(positive, negative) clip indices [B, 2] each and a [B] flag of queries that have pairs.
+
+    Graded labels (QD-DETR / Moment-DETR on QVHighlights): pair 1 is the hard pair, the highest- vs
+    the lowest-scored GT clip (ties: latest vs earliest clip, as the reference's ascending argsort);
+    pair 2 is the easy pair, a random GT clip vs a random clip outside the GT (a copy of the hard
+    pair when no clip lies outside). Binary labels (Charades/TACoS, no graded scores): 2 random GT
+    clips vs 2 random clips outside, as MESM/lighthouse sample them. `inside` marks the GT clips.
+    """
+    inside, outside = inside & mask, ~inside & mask
+    if is_binary(labels):
+        return _random_member(inside, 2), _random_member(outside, 2), inside.any(1) & outside.any(1)
+    L = labels.shape[1]
+    hard_pos = L - 1 - torch.where(inside, labels, -torch.inf).flip(1).argmax(1)   # last maximum
+    hard_neg = torch.where(inside, labels, torch.inf).argmin(1)                      # first minimum
+    has_outside = outside.any(1)
+    easy_pos = torch.where(has_outside, _random_member(inside, 1)[:, 0], hard_pos)
+    easy_neg = torch.where(has_outside, _random_member(outside, 1)[:, 0], hard_neg)
+    return (torch.stack([hard_pos, easy_pos], 1), torch.stack([hard_neg, easy_neg], 1), inside.any(1))
+
+
+def hinge_saliency(scores, labels, inside, mask, margin: float) -> torch.Tensor:
+    """Mean over the `saliency_pairs` of max(0, margin + s_neg - s_pos), times 2 (the references' scale)."""
+    pos, neg, valid = saliency_pairs(labels, inside, mask)
+    if not valid.any():
+        return scores.sum() * 0
+    s = scores[valid]
+    gap = margin + s.gather(1, neg[valid]) - s.gather(1, pos[valid])                # [B', 2]
+    return gap.clamp(min=0).mean() * 2
 
 
 def rank_contrastive(scores, labels, mask, tau: float, coef: float) -> torch.Tensor:
@@ -52,8 +82,7 @@ def rank_contrastive(scores, labels, mask, tau: float, coef: float) -> torch.Ten
     Labels are QVHighlights 0-12 sums, a binary GT mask (Charades/TACoS: only level 1 has positives),
     or the store's [0, 1] annotator mean, which is mapped back to the 0-12 scale.
     """
-    binary = bool(((labels == 0) | (labels == 1)).all())
-    if labels.max() <= 1 and not binary:
+    if labels.max() <= 1 and not is_binary(labels):
         labels = (labels * 12).round()
     logits = torch.where(mask, scores / tau, torch.full_like(scores, -1e3))
     log_prob = logits.log_softmax(1)
@@ -70,10 +99,12 @@ def rank_contrastive(scores, labels, mask, tau: float, coef: float) -> torch.Ten
 
 def saliency_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> torch.Tensor:
     scores, labels, mask = out["saliency"].float(), batch.saliency, batch.video_mask
-    hinge = hinge_saliency(scores, labels, mask, w.margin)
+    total = scores.new_zeros(())
+    if w.use_hinge or w.saliency_kind == "hinge":
+        inside = (labels > 0) | batch.window_clip_mask()      # GT clips, even those all annotators scored 0
+        total = hinge_saliency(scores, labels, inside, mask, w.margin)
     if w.saliency_kind == "hinge":
-        return w.saliency * hinge
-    total = hinge if w.use_hinge else scores.new_zeros(())
+        return w.saliency * total
     if "saliency_neg" in out:
         neg = out["saliency_neg"].float()
         total = total + (-F.logsigmoid(-neg) * mask).sum(1).mean()          # -log(1 - σ(s_neg))

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from c2f_lib.models.detr_blocks import (
-    AnchorDecoder, CrossAttentionLayer, EncoderLayer, FineConfig, FineGroundingModel, negative_partner,
+    AnchorDecoder, CrossAttentionLayer, EncoderLayer, FineConfig, FineGroundingModel, MLP, negative_partner,
     video_positions)
 from c2f_lib.models.fine_batch import MomentBatch
 from c2f_lib.models.registry import register
+from c2f_lib.models.span_utils import inverse_sigmoid
 
 
 @dataclass
@@ -36,6 +37,7 @@ class QDDETR(FineGroundingModel):
         self.encoder = nn.ModuleList(EncoderLayer(*block) for _ in range(cfg.enc_layers))
         self.decoder = AnchorDecoder(*block, n_layers=cfg.dec_layers)
         self.query_embed = nn.Embedding(cfg.num_queries, 2)            # anchors, sigmoid -> (c, w)
+        self.span_embed = MLP(d, d, 2, 3)                               # offsets to each layer's anchors
         self.global_rep_token = nn.Parameter(torch.randn(d))
         self.global_rep_pos = nn.Parameter(torch.randn(d))
         self.saliency_proj1, self.saliency_proj2 = nn.Linear(d, d), nn.Linear(d, d)
@@ -78,7 +80,8 @@ class QDDETR(FineGroundingModel):
         memory, global_token = self.encode(self.enhance_video(video, pos, words, batch.text_mask),
                                            batch.video_mask, pos, text, text_mask)
         anchors = self.query_embed.weight.sigmoid()[None].expand(video.shape[0], -1, -1)
-        hidden, spans = self.decoder(memory, batch.video_mask, pos, anchors)
+        hidden, starts = self.decoder(memory, batch.video_mask, pos, anchors)           # [n_dec, B, Q, *]
+        spans = (self.span_embed(hidden) + inverse_sigmoid(starts)).sigmoid()
         out.update(self.heads(hidden, spans, self.saliency(memory, global_token)))
         partner = negative_partner(batch.vids) if self.training and self.cfg.negative_pairs else None
         if partner is not None:
