@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import matplotlib.pyplot as plt
 import pytest
 
 from c2f_lib.data.synth_render import encode_mp4
@@ -36,6 +37,10 @@ def test_search_callback_renders_result(tmp_path):
     assert "best moment" in app.status.value and "ground truth" in app.status.value
     assert len(app.output.outputs) == 1                  # the figure was displayed
     assert len(app.figure.axes) >= 6                     # 3 videos x (thumbnails, timeline) (+ saliency)
+    assert not plt.fignum_exists(app.figure.number)     # closed: the inline backend will not draw it twice
+    assert "<" not in app.status_text and "best moment" in app.status_text
+    saliency_axes = [ax for ax in app.figure.axes if ax.get_lines()]
+    assert len({ax.get_ylim() for ax in saliency_axes}) == 1   # one saliency scale for every row
     assert app._thumb_cache[app.corpus.video_ids[0]] is not None or app.corpus.video_ids[0] not in app.record["saliency"]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -111,3 +112,11 @@ class Explorer:
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png", dpi=90)
         self.output.append_display_data(Image(data=buffer.getvalue(), format="png"))
+        # Closed figures still save and display; an open one would also be drawn by the inline
+        # backend under whichever cell runs next.
+        plt.close(self.figure)
+
+    @property
+    def status_text(self) -> str:
+        """The status line without its HTML markup (for print and logs)."""
+        return re.sub(r"<[^>]+>", "", self.status.value)

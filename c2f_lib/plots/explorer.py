@@ -13,9 +13,12 @@ def result_figure(record: dict, durations: dict[str, float], clip_len: float,
     """One row per searched video (coarse order): thumbnails [N, H, W, 3] | timeline + saliency.
 
     Predicted moments are orange bars (opacity ~ rank), ground-truth windows green; the saliency
-    curve (fine model, per clip) is drawn on a twin axis.
+    curve (fine model, per clip) is drawn on a twin axis with one scale shared by all rows.
     """
     searched = list(record.get("saliency") or dict.fromkeys(m[0] for m in record["moments"]))[:max_videos]
+    values = [x for v in searched for x in (record.get("saliency") or {}).get(v) or []]
+    pad = 0.05 * (max(values) - min(values)) + 1e-6 if values else 1.0
+    saliency_range = (min(values) - pad, max(values) + pad) if values else (0.0, 1.0)
     fig, axes = plt.subplots(len(searched), 2, figsize=(10, 1.6 * len(searched) + 0.4), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 2.2]})
     coarse = dict((v, s) for v, s in record["ranked_videos"])
@@ -39,6 +42,7 @@ def result_figure(record: dict, durations: dict[str, float], clip_len: float,
             sal_ax = line_ax.twinx()
             centres = (np.arange(len(saliency)) + 0.5) * clip_len
             sal_ax.plot(centres, saliency, color="tab:blue", lw=1)
+            sal_ax.set_ylim(*saliency_range)  # one scale for all rows: a flat curve stays flat
             sal_ax.tick_params(labelsize=6)
     axes[-1][1].set_xlabel("seconds  (orange: predicted, green: ground truth, blue: saliency)")
     fig.suptitle(f"“{record['query']}”", fontsize=10)
