@@ -211,3 +211,51 @@ def test_cli_index_and_search_own_videos(tmp_path, capsys):
     assert len(record["saliency"]["a"]) == 4  # 4 s of video, 1 s clips
     assert c2f(["search", "x", "--index", str(tmp_path / "nowhere")]) == 1
     assert "c2f index DIR" in capsys.readouterr().err
+
+
+def _perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A model away from its identity initialisation, so that pooling depends on the text."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name, config", [("xpool", {"dim": 16, "num_heads": 2}),
+                                          ("meanpool", {"dim": 16})])
+def test_prepared_gallery_equals_plain_scores(name, config):
+    """Re-ranking through per-video terms prepared once = the plain model's `score` on the same pairs."""
+    from c2f_lib.models.registry import build_model
+    from c2f_lib.pipeline.rerank import FramesGallery, prepare_gallery
+
+    coarse = _perturbed(build_model(name, config))
+    gen = torch.Generator().manual_seed(1)
+    frames, text = torch.randn(30, 5, 16, generator=gen), torch.randn(7, 16, generator=gen)
+    candidates = torch.randint(0, 30, (7, 9), generator=gen)                    # [T, S]
+    gallery = prepare_gallery(coarse, frames)
+    assert not isinstance(gallery, FramesGallery)  # the fast path, not the per-query fallback
+    plain = coarse.score(text, frames).gather(1, candidates)                    # [T, S]
+    torch.testing.assert_close(gallery.rerank(text, candidates, chunk_size=3), plain, atol=1e-5, rtol=0)
+
+
+def test_shortlisted_xpool_ranking_equals_plain_model(tmp_path):
+    """rank_videos with a shortlist (gallery prepared per call or once per corpus) ranks the
+    shortlist exactly as the plain model scores it."""
+    from c2f_lib.models.registry import build_model
+    from c2f_lib.pipeline.rerank import prepare_gallery
+    from c2f_lib.pipeline.search import rank_videos
+
+    store, moments_file, _ = make_split(tmp_path, num_videos=12, seed=2)
+    corpus, queries = load_split(store, moments_file)
+    coarse = _perturbed(build_model("xpool", {"dim": 16}))
+    index = CorpusIndex.build(video_embeddings(corpus.frames), corpus.video_ids)
+    cfg = SearchConfig(k_videos=3, shortlist_size=5)
+    plain = coarse.score(queries.sentence, corpus.frames)                       # [T, V]
+    for gallery in (None, prepare_gallery(coarse, corpus.frames)):
+        scores, order = rank_videos(coarse, queries.sentence, corpus, cfg, index, gallery)
+        _, shortlist = index.search(queries.sentence, 5)
+        assert order.shape == (len(queries), 5)
+        assert all(set(o.tolist()) == set(s.tolist()) for o, s in zip(order, shortlist))
+        torch.testing.assert_close(scores, plain.gather(1, order), atol=1e-5, rtol=0)
+        assert (scores[:, :-1] >= scores[:, 1:]).all()

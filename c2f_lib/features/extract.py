@@ -4,11 +4,15 @@ Videos are decoded by a DataLoader (parallel workers on a GPU box, in-process on
 by the backbone, and written one video group at a time; texts (moment queries and video captions
 of every split) get a sentence embedding and per-token features. A video that cannot be decoded
 is recorded in `<store>.failures.json` with the reason, and extraction goes on.
+
+`extract_videos` is the video half on its own, for any set of files (`c2f index DIR` uses it on a
+folder of the user's videos).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -20,7 +24,7 @@ from c2f_lib.features.store import FeatureStoreWriter, StoreMeta, failures_path,
 from c2f_lib.progress import progress
 from c2f_lib.utils import atomic_write_json
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 
 
 @dataclass
@@ -61,18 +65,25 @@ def find_video(video_dir: Path, vid: str) -> Path:
 
 
 class _VideoDataset(torch.utils.data.Dataset):
-    """Decodes one video per item; errors are returned, not raised, so a worker never dies."""
+    """Decodes one video per item; errors are returned, not raised, so a worker never dies.
 
-    def __init__(self, video_dir: Path, vids: list[str], cfg: ExtractConfig, short_side: int):
-        self.video_dir, self.vids, self.cfg, self.short_side = video_dir, vids, cfg, short_side
+    `sources`: a folder holding `<vid>.<ext>` files, or each vid's file.
+    """
+
+    def __init__(self, sources: Path | Mapping[str, Path], vids: list[str], cfg: ExtractConfig,
+                 short_side: int):
+        self.sources, self.vids, self.cfg, self.short_side = sources, vids, cfg, short_side
 
     def __len__(self) -> int:
         return len(self.vids)
 
+    def _path(self, vid: str) -> Path:
+        return self.sources[vid] if isinstance(self.sources, Mapping) else find_video(self.sources, vid)
+
     def __getitem__(self, i: int) -> tuple[str, str, SampledVideo | str]:
         vid = self.vids[i]
         try:
-            path = find_video(self.video_dir, vid)
+            path = self._path(vid)
             return vid, str(path), sample_video(path, self.cfg.num_frames, self.cfg.clip_len,
                                                 self.cfg.frames_per_clip, backend=self.cfg.backend,
                                                 short_side=self.short_side)
@@ -86,6 +97,33 @@ def store_meta(backbone: Backbone, cfg: ExtractConfig) -> StoreMeta:
                      video_dim=backbone.embed_dim, text_dim=backbone.embed_dim, token_dim=backbone.token_dim)
 
 
+def extract_videos(writer: FeatureStoreWriter, backbone: Backbone, sources: Path | Mapping[str, Path],
+                   vids: list[str], cfg: ExtractConfig, failures: dict[str, str]) -> int:
+    """Encode and write the frame and clip features of every vid not yet in the store.
+
+    `sources` as in `_VideoDataset`. Undecodable videos go to `failures` (vid -> reason); a video
+    that now succeeds leaves it. Returns how many videos were encoded.
+    """
+    todo = [v for v in vids if not writer.has_video(v)]
+    loader = torch.utils.data.DataLoader(_VideoDataset(sources, todo, cfg, backbone.image_size),
+                                         batch_size=None, num_workers=cfg.num_workers)
+    encoded = 0
+    for vid, source, video in progress(loader, total=len(todo), desc="video features", unit="video"):
+        if isinstance(video, str):
+            failures[vid] = video
+            continue
+        clips_shape = video.clip_frames.shape  # [L, K, H, W, 3]
+        feats = backbone.encode_frames(np.concatenate(
+            [video.frames, video.clip_frames.reshape(-1, *clips_shape[2:])]))  # [N + L*K, D]
+        frames, clips = feats[:len(video.frames)], feats[len(video.frames):]
+        writer.put_video(vid, frames=frames, frame_indices=video.frame_indices,
+                         clips=clips.view(clips_shape[0], clips_shape[1], -1).mean(1),  # [L, D]
+                         clip_len=cfg.clip_len, duration=video.duration, fps=video.fps, source=source)
+        failures.pop(vid, None)
+        encoded += 1
+    return encoded
+
+
 def extract_dataset(dataset_dir: str | Path, backbone: Backbone, out: str | Path,
                     cfg: ExtractConfig | None = None, splits: list[str] | None = None,
                     video_dir: str | Path | None = None) -> dict:
@@ -97,22 +135,7 @@ def extract_dataset(dataset_dir: str | Path, backbone: Backbone, out: str | Path
     failures = read_failures(out)
     summary = {"videos": len(vids), "texts": len(texts), "encoded_videos": 0, "encoded_texts": 0}
     with FeatureStoreWriter(out, store_meta(backbone, cfg)) as writer:
-        todo = [v for v in vids if not writer.has_video(v)]
-        loader = torch.utils.data.DataLoader(_VideoDataset(video_dir, todo, cfg, backbone.image_size),
-                                             batch_size=None, num_workers=cfg.num_workers)
-        for vid, source, video in progress(loader, total=len(todo), desc="video features", unit="video"):
-            if isinstance(video, str):
-                failures[vid] = video
-                continue
-            clips_shape = video.clip_frames.shape  # [L, K, H, W, 3]
-            feats = backbone.encode_frames(np.concatenate(
-                [video.frames, video.clip_frames.reshape(-1, *clips_shape[2:])]))  # [N + L*K, D]
-            frames, clips = feats[:len(video.frames)], feats[len(video.frames):]
-            writer.put_video(vid, frames=frames, frame_indices=video.frame_indices,
-                             clips=clips.view(clips_shape[0], clips_shape[1], -1).mean(1),  # [L, D]
-                             clip_len=cfg.clip_len, duration=video.duration, fps=video.fps, source=source)
-            failures.pop(vid, None)
-            summary["encoded_videos"] += 1
+        summary["encoded_videos"] = extract_videos(writer, backbone, video_dir, vids, cfg, failures)
         todo_texts = [t for t in texts if not writer.has_text(t)]
         batches = range(0, len(todo_texts), cfg.text_batch)
         for start in progress(batches, desc="text features", unit="batch"):

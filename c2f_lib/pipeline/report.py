@@ -2,15 +2,16 @@
 
     stages = stage_metrics(run_dir)                   # metrics json of 03/04/05 (None where missing)
     ckpts = find_checkpoints(run_dir, seed)           # {"coarse": {method: path}, "fine": {...}}
-    results = evaluate_methods(ckpts, store, moments_jsonl, cfg, ks_videos=(1, 5, 10))
-    write_report(run_dir, build_report(stages, results, figures))
+    fine = choose_fine(ckpts["fine"], stages["05_fine"])   # best on validation (see SELECT_METRICS)
+    results = evaluate_methods(ckpts, store, moments_jsonl, cfg, ks_videos=(1, 5, 10), fine_name=fine.name)
+    write_report(run_dir, build_report(stages, results, figures, cfg, split, fine=fine))
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -23,7 +24,16 @@ from c2f_lib.utils import atomic_write_text, read_json
 # stage -> kind of model it trains (checkpoints/<stage>/<name>_seed<seed>.pt, or
 # checkpoints/<stage>/<name>_seed<seed>/<name>.pt for stages that keep several files per seed)
 STAGES = {"03_coarse": "coarse", "04_textdiff": "coarse", "05_fine": "fine"}
-# Preference among fine models when no stage metric says which is best (the papers' order).
+# The fine model is the one with the best moment-retrieval number, looked up in this order:
+#  1. validation numbers in stage 05's metrics json (`mean.val.<model>`, mean over seeds);
+#  2. the validation numbers each fine checkpoint keeps from training (`summary.best_val`);
+#  3. held-out numbers in stage 05's metrics json (`mean.test`, then `mean.test_cg`): test-set
+#     selection, used only when no validation number exists, and the report says so;
+#  4. the papers' order, FINE_PREFERENCE, when no stage metric says which is best.
+# Within a source, the first metric of SELECT_METRICS that some model has decides (training's
+# checkpoint selection metric first).
+SELECT_METRICS = ("MR-full-mAP", "MR-full-R1@0.7", "MR-full-R1@0.5", "mIoU")
+HELD_OUT_SPLITS = ("test", "test_cg")
 FINE_PREFERENCE = ("mesm", "qd_detr", "moment_detr")
 
 
@@ -49,9 +59,50 @@ def find_checkpoints(run_dir: str | Path, seed: int = 0) -> dict[str, dict[str, 
     return found
 
 
-def best_fine(fine: dict[str, Path]) -> str | None:
+@dataclass
+class FineChoice:
+    name: str | None        # None: no fine checkpoint
+    basis: str              # how it was chosen, in words (printed in the report)
+
+
+def _pick(scores: dict[str, dict], source: str) -> FineChoice | None:
+    """The model with the best first SELECT_METRICS entry any model has; None when none has one."""
+    for metric in SELECT_METRICS:
+        have = {name: float(m[metric]) for name, m in scores.items() if isinstance((m or {}).get(metric), (int, float))}
+        if have:
+            name = max(sorted(have), key=have.get)  # sorted: ties go to the first name
+            return FineChoice(name, f"best {source} {metric} ({name}: {have[name]:.2f})")
+    return None
+
+
+def _checkpoint_val(path: Path) -> dict:
+    return load_model(path)[1].get("summary", {}).get("best_val") or {}
+
+
+def _fine_scores(fine: dict[str, Path], stage05: dict | None) -> Iterator[tuple[str, dict[str, dict | None]]]:
+    """(source, {model: its metrics}) in the order of the sources above; lazy (checkpoints load last)."""
+    means = (stage05 or {}).get("mean", {})
+    yield "validation (stage 05 metrics)", {n: means.get("val", {}).get(n) for n in fine}
+    yield "validation (each checkpoint's best epoch)", {n: _checkpoint_val(path) for n, path in fine.items()}
+    for split in HELD_OUT_SPLITS:
+        yield (f"held-out `{split}` (stage 05 metrics; no validation numbers found)",
+               {n: means.get(split, {}).get(n) for n in fine})
+
+
+def choose_fine(fine: dict[str, Path], stage05: dict | None = None) -> FineChoice:
+    """The fine model to pair with every coarse method, from stage 05's metrics json (`stage05`)."""
+    if not fine:
+        return FineChoice(None, "no fine checkpoint")
+    for source, scores in _fine_scores(fine, stage05):
+        choice = _pick(scores, source)
+        if choice is not None:
+            return choice
     ranked = sorted(fine, key=lambda n: (FINE_PREFERENCE.index(n) if n in FINE_PREFERENCE else len(FINE_PREFERENCE), n))
-    return ranked[0] if ranked else None
+    return FineChoice(ranked[0], f"fixed preference {FINE_PREFERENCE} (no stage-05 metrics found)")
+
+
+def best_fine(fine: dict[str, Path], stage05: dict | None = None) -> str | None:
+    return choose_fine(fine, stage05).name
 
 
 @dataclass
@@ -65,10 +116,10 @@ class MethodResult:
 
 
 def evaluate_methods(checkpoints: dict[str, dict[str, Path]], store: str | Path, moments_jsonl: str | Path,
-                     cfg: SearchConfig, ks_videos: Sequence[int] = (1, 5, 10),
-                     device: str = "cpu") -> list[MethodResult]:
-    """Coarse-to-fine VCMR for every coarse checkpoint x the best fine checkpoint."""
-    fine_name = best_fine(checkpoints["fine"])
+                     cfg: SearchConfig, ks_videos: Sequence[int] = (1, 5, 10), device: str = "cpu",
+                     fine_name: str | None = None) -> list[MethodResult]:
+    """Coarse-to-fine VCMR for every coarse checkpoint x one fine checkpoint (default: `best_fine`)."""
+    fine_name = fine_name or best_fine(checkpoints["fine"])
     if fine_name is None or not checkpoints["coarse"]:
         return []
     corpus, queries = load_split(store, moments_jsonl)
@@ -100,11 +151,13 @@ HEADLINE = ("VR-R@1", "VR-R@10", "SVMR-R@1-IoU0.5", "SVMR-R@1-IoU0.7", "VCMR-R@1
 
 
 def build_report(stages: dict[str, dict | None], results: list[MethodResult], figures: dict[str, Path],
-                 cfg: SearchConfig, split: str, notes: Sequence[str] = ()) -> str:
+                 cfg: SearchConfig, split: str, notes: Sequence[str] = (), fine: FineChoice | None = None,
+                 dataset: str = "synthmoments") -> str:
     """Markdown: which stages ran, the headline table, effect of K, figures (paths relative to run_dir)."""
+    chosen = f"`{fine.name}`, chosen by {fine.basis}" if fine and fine.name else "the best fine model"
     lines = ["# c2f evaluation report", "",
-             f"Coarse-to-fine video-corpus moment retrieval on the `{split}` split: top-{cfg.k_videos} "
-             f"videos from each coarse method, moments from the best fine model, `{cfg.fusion}` fusion.", "",
+             f"Coarse-to-fine video-corpus moment retrieval on `{dataset}`, `{split}` split: top-{cfg.k_videos} "
+             f"videos from each coarse method, moments from {chosen}, `{cfg.fusion}` fusion.", "",
              "## Stages", ""]
     for stage, metrics in stages.items():
         lines.append(f"- `{stage}`: " + ("metrics found" if metrics is not None else "**missing** (stage not run)"))

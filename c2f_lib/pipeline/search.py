@@ -6,7 +6,8 @@ The two stages are any models of the contracts in docs/ARCHITECTURE.md:
 
 Optionally a first, query-independent stage (`CorpusIndex`, FAISS over mean frame embeddings) cuts
 the corpus to `shortlist_size` candidates before the query-conditioned coarse model re-ranks them,
-so the per-query cost stops growing with the corpus.
+so the per-query cost stops growing with the corpus. The re-ranking reuses per-video terms computed
+once for the corpus (`c2f_lib.pipeline.rerank`).
 
 Score fusion (`SearchConfig.fusion`) turns a video's coarse similarity s_v and a moment's fine score
 f_m in [0, 1] into one corpus-wide score. With p_v = softmax(s / temperature) over the K shortlisted
@@ -33,6 +34,7 @@ import torch
 from c2f_lib.data.schema import read_moments
 from c2f_lib.features.store import FeatureStore, load_moment_samples
 from c2f_lib.features.types import MomentSample
+from c2f_lib.pipeline.rerank import Gallery, prepare_gallery
 from c2f_lib.progress import progress
 
 FUSIONS = ("fine", "product", "weighted")
@@ -186,13 +188,15 @@ def _device_of(model: object) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def rank_videos(coarse: CoarseModel, text_emb: torch.Tensor, corpus: Corpus, cfg: SearchConfig,
-                index=None) -> tuple[torch.Tensor, torch.Tensor]:
+                index=None, gallery: Gallery | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Coarse scores and corpus indices of each query's best videos -> ([T, N], [T, N]), best first.
 
     Exhaustive: the coarse model scores all V videos. With `index` (a `CorpusIndex`) and
-    `cfg.shortlist_size`, it only re-ranks the index's `shortlist_size` nearest videos per query.
+    `cfg.shortlist_size`, it only re-ranks the index's `shortlist_size` nearest videos per query,
+    through `gallery` (`prepare_gallery(coarse, corpus.frames)`, built once per corpus by a caller
+    that searches repeatedly; else prepared here for this call's candidates only).
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     device = _device_of(coarse)
@@ -201,18 +205,18 @@ def rank_videos(coarse: CoarseModel, text_emb: torch.Tensor, corpus: Corpus, cfg
         scores = coarse.score(text_emb.to(device), corpus.frames.to(device), chunk_size=cfg.chunk_size,
                               generator=generator).cpu()                          # [T, V]
         return scores.topk(min(cfg.keep_videos, V), dim=1)
-    _, candidates = index.search(text_emb, cfg.shortlist_size)                     # [T, S]
-    candidates = torch.as_tensor(candidates, dtype=torch.long)
-    out_scores, out_index = [], []
-    for t in range(text_emb.shape[0]):
-        cand = candidates[t][candidates[t] >= 0]                                   # FAISS pads with -1
-        s = coarse.score(text_emb[t:t + 1].to(device), corpus.frames[cand].to(device),
-                         chunk_size=cfg.chunk_size, generator=generator)[0].cpu()  # [S]
-        top = s.topk(min(cfg.keep_videos, len(cand)))
-        out_scores.append(top.values)
-        out_index.append(cand[top.indices])
-    width = min(len(s) for s in out_scores)
-    return torch.stack([s[:width] for s in out_scores]), torch.stack([i[:width] for i in out_index])
+    _, found = index.search(text_emb, cfg.shortlist_size)                         # [T, S]
+    found = torch.as_tensor(found, dtype=torch.long)
+    valid = found >= 0                                                            # FAISS pads with -1
+    candidates = found.clamp(min=0)
+    if gallery is None:  # prepare only the videos some query shortlisted
+        rows, candidates = torch.unique(candidates, return_inverse=True)
+        gallery = prepare_gallery(coarse, corpus.frames[rows].to(device))
+    scores = gallery.rerank(text_emb.to(device), candidates.to(device), chunk_size=cfg.chunk_size,
+                            generator=generator).cpu()                            # [T, S]
+    width = min(cfg.keep_videos, int(valid.sum(1).min()))
+    top = scores.masked_fill(~valid, -math.inf).topk(width, dim=1)
+    return top.values, found.gather(1, top.indices)
 
 
 # ----------------------------------------------------------------------------- stage 2: localise
@@ -254,9 +258,10 @@ class Candidates:
 
 
 def localise(coarse: CoarseModel, fine: FineModel, queries: Queries, corpus: Corpus,
-             cfg: SearchConfig, index=None, with_gt: bool = True) -> list[Candidates]:
+             cfg: SearchConfig, index=None, with_gt: bool = True,
+             gallery: Gallery | None = None) -> list[Candidates]:
     """Rank videos, then run the fine model in each query's first `cfg.k_videos` videos (+ GT video)."""
-    scores, order = rank_videos(coarse, queries.sentence, corpus, cfg, index)     # [T, N]
+    scores, order = rank_videos(coarse, queries.sentence, corpus, cfg, index, gallery)  # [T, N]
     k = min(cfg.k_videos, order.shape[1])
     pairs = [(q, int(v)) for q in range(len(queries)) for v in order[q, :k]]
     gt_pairs = []
@@ -326,11 +331,12 @@ def to_record(cand: Candidates, cfg: SearchConfig, temperature: float, k_videos:
 
 
 def search(coarse: CoarseModel, fine: FineModel, queries: Queries, corpus: Corpus,
-           cfg: SearchConfig, index=None, keep_saliency: bool = False) -> list[dict]:
+           cfg: SearchConfig, index=None, keep_saliency: bool = False,
+           gallery: Gallery | None = None) -> list[dict]:
     """Coarse-to-fine search for every query -> vcmr prediction records (one per query)."""
     temperature = coarse_temperature(coarse, cfg)
     return [to_record(c, cfg, temperature, keep_saliency=keep_saliency)
-            for c in localise(coarse, fine, queries, corpus, cfg, index)]
+            for c in localise(coarse, fine, queries, corpus, cfg, index, gallery=gallery)]
 
 
 def records_by_k(coarse: CoarseModel, candidates: list[Candidates], cfg: SearchConfig,

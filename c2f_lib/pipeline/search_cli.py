@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 MANIFEST = "manifest.json"
 
 
@@ -37,6 +36,8 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
 
 def find_videos(folder: Path) -> dict[str, Path]:
     """vid (path relative to `folder`, without suffix) -> file, for every video file below `folder`."""
+    from c2f_lib.features.extract import VIDEO_EXTENSIONS
+
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
@@ -46,34 +47,21 @@ def find_videos(folder: Path) -> dict[str, Path]:
 
 def extract_folder(videos: dict[str, Path], store_path: Path, backbone, num_frames: int,
                    clip_len: float) -> dict[str, str]:
-    """Write frame and clip features of `videos` to the store; returns vid -> reason for skipped ones."""
-    from c2f_lib.features.decode import VideoDecodeError, sample_video
-    from c2f_lib.features.store import FeatureStoreWriter, StoreMeta
-    from c2f_lib.progress import progress
+    """Write frame and clip features of `videos` to the store (the dataset extractor's video half);
+    returns vid -> reason for the skipped ones."""
+    from c2f_lib.features.extract import ExtractConfig, extract_videos, store_meta
+    from c2f_lib.features.store import FeatureStoreWriter
 
-    meta = StoreMeta(backbone=backbone.name, weights=backbone.weights, num_frames=num_frames,
-                     clip_len=clip_len, image_size=backbone.image_size)
+    cfg = ExtractConfig(num_frames=num_frames, clip_len=clip_len)
     failures: dict[str, str] = {}
-    with FeatureStoreWriter(store_path, meta) as writer:
-        for vid, path in progress(list(videos.items()), desc="indexing videos"):
-            if writer.has_video(vid):
-                continue
-            try:
-                video = sample_video(path, num_frames=num_frames, clip_len=clip_len)
-            except VideoDecodeError as err:
-                failures[vid] = str(err)
-                continue
-            L, K = video.clip_frames.shape[:2]                                    # [L, K, H, W, 3]
-            clips = backbone.encode_frames(video.clip_frames.reshape(L * K, *video.clip_frames.shape[2:]))
-            writer.put_video(vid, frames=backbone.encode_frames(video.frames),    # [N, D]
-                             frame_indices=video.frame_indices,
-                             clips=clips.reshape(L, K, -1).mean(1),               # [L, D]
-                             clip_len=clip_len, duration=video.duration, fps=video.fps, source=str(path))
+    with FeatureStoreWriter(store_path, store_meta(backbone, cfg)) as writer:
+        extract_videos(writer, backbone, videos, list(videos), cfg, failures)
     return failures
 
 
 def main_index(args: argparse.Namespace) -> int:
     from c2f_lib.features.backbones import load_backbone
+    from c2f_lib.features.extract import VIDEO_EXTENSIONS
     from c2f_lib.features.store import failures_path
     from c2f_lib.pipeline.corpus_index import CorpusIndex, IndexConfig, video_embeddings
     from c2f_lib.pipeline.search import load_corpus
