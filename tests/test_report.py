@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import c2f_lib.models.moment_detr  # noqa: F401  (registers moment_detr)
-from c2f_lib.data.schema import write_moments
+from c2f_lib.data.schema import write_captions, write_moments
 from c2f_lib.features.testing import make_random_store
 from c2f_lib.models.registry import build_model, save_model
 from c2f_lib.paths import RunPaths
@@ -53,10 +53,10 @@ def test_fine_model_falls_back_to_held_out_then_preference(tmp_path):
     assert "`tacos`" in report and choice.basis in report
 
 
-@pytest.mark.parametrize("dataset", ["tacos", "tacos_cg"])
-def test_report_evaluates_a_real_dataset_from_its_store(dataset, tmp_path, shared_datasets):
-    """A handful of real TACoS (or TACoS-CG) test annotations + a store of random features in our
-    format, under a dataset name other than synthmoments: the report's VCMR evaluation runs on it."""
+def _real_run_dir(dataset: str, run_dir, shared_datasets):
+    """A run directory with a handful of the dataset's real test annotations (3 videos x 4 queries,
+    their captions if any), a store of random features in our format, one coarse and three fine
+    checkpoints. Skips when the annotation files are absent."""
     from c2f_lib.data import registry
 
     root = registry.get_dataset(dataset).path(shared_datasets)
@@ -65,14 +65,23 @@ def test_report_evaluates_a_real_dataset_from_its_store(dataset, tmp_path, share
     except FileNotFoundError as err:
         pytest.skip(f"{dataset} annotations not found under {root}: {err}")
     vids = loaded.video_ids[:3]
-    moments = [m for vid in vids for m in [m for m in loaded.moments if m.vid == vid][:4]]   # 3 videos x 4
-    paths = RunPaths(tmp_path)
+    moments = [m for vid in vids for m in [m for m in loaded.moments if m.vid == vid][:4]]
+    captions = [c for c in loaded.captions if c.vid in vids]
+    paths = RunPaths(run_dir)
     write_moments(paths.moments_file(dataset, "test"), moments)
-    store = make_random_store(paths.feature_store(dataset, "random"), moments, dim=16, noise=0.3)
+    write_captions(paths.captions_file(dataset, "test"), captions)
+    store = make_random_store(paths.feature_store(dataset, "random"), moments, captions, dim=16, noise=0.3)
     torch.manual_seed(0)
     save_model(paths.checkpoints("03_coarse") / "xpool_seed0.pt", build_model("xpool", {"dim": 16}))
     _fine_checkpoints(paths.checkpoints("05_fine"), best_val={"mesm": 1.0, "qd_detr": 2.0, "moment_detr": 3.0})
+    return vids, moments, captions, paths, store
 
+
+@pytest.mark.parametrize("dataset", ["tacos", "tacos_cg"])
+def test_report_evaluates_a_real_dataset_from_its_store(dataset, tmp_path, shared_datasets):
+    """A handful of real TACoS (or TACoS-CG) test annotations + a store of random features in our
+    format, under a dataset name other than synthmoments: the report's VCMR evaluation runs on it."""
+    vids, moments, _, paths, store = _real_run_dir(dataset, tmp_path, shared_datasets)
     checkpoints = find_checkpoints(tmp_path)
     fine = choose_fine(checkpoints["fine"], stage_metrics(tmp_path)["05_fine"])
     cfg = SearchConfig(k_videos=2, moments_per_video=3)
@@ -87,3 +96,30 @@ def test_report_evaluates_a_real_dataset_from_its_store(dataset, tmp_path, share
     assert all({m[0] for m in r["moments"]} <= set(vids) for r in results[0].records)
     report = build_report(stage_metrics(tmp_path), results, {}, cfg, "test", fine=fine, dataset=dataset)
     assert f"`{dataset}`" in report and "| xpool | moment_detr |" in report
+
+
+def test_report_two_query_mode_on_real_tacos_cg(tmp_path, shared_datasets):
+    """TACoS-CG's protocol on its real annotations: the coarse stage retrieves with a caption of the
+    query's video (linked by video id: cg_<split>.json and tacos.json), the fine stage localises the
+    moment sentence. In the random store a caption shares its video's frame vector and a moment
+    sentence does not, so the caption finds the video far more often."""
+    vids, moments, captions, paths, store = _real_run_dir("tacos_cg", tmp_path, shared_datasets)
+    assert {c.vid for c in captions} == set(vids) and all(len(c.captions) == 5 for c in captions)
+    checkpoints = find_checkpoints(tmp_path)
+    moments_file, captions_file = paths.moments_file("tacos_cg", "test"), paths.captions_file("tacos_cg", "test")
+    two_cfg = SearchConfig(k_videos=2, moments_per_video=3, coarse_query="caption")
+    with pytest.raises(ValueError, match="captions_jsonl"):
+        evaluate_methods(checkpoints, store, moments_file, two_cfg, fine_name="moment_detr")
+    two = evaluate_methods(checkpoints, store, moments_file, two_cfg, ks_videos=(1,), fine_name="moment_detr",
+                           captions_jsonl=captions_file)[0]
+    single = evaluate_methods(checkpoints, store, moments_file, SearchConfig(k_videos=2, moments_per_video=3),
+                              ks_videos=(1,), fine_name="moment_detr", captions_jsonl=captions_file)[0]
+    assert (two.metrics["query_mode"], single.metrics["query_mode"]) == ("two", "single")
+    assert two.metrics["VR-R@1"] > single.metrics["VR-R@1"]
+    by_vid = {c.vid: c.captions for c in captions}
+    sentences = {m.qid: m.query for m in moments}
+    assert all(r["coarse_query"] in by_vid[r["gt_vid"]] and r["query"] == sentences[r["qid"]] for r in two.records)
+    # 4 queries per video take its captions in turn: 4 distinct captions per video
+    assert all(len({r["coarse_query"] for r in two.records if r["gt_vid"] == vid}) == 4 for vid in vids)
+    report = build_report({}, [two], {}, two_cfg, "test", dataset="tacos_cg")
+    assert "two-query mode" in report and "single-query mode" in build_report({}, [], {}, SearchConfig(), "test")

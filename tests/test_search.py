@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from c2f_lib.data.schema import write_moments
+from c2f_lib.data.schema import VideoCaptions, write_captions, write_moments
 from c2f_lib.evaluation.vcmr import evaluate_vcmr
 from c2f_lib.features.testing import make_random_store, random_records
 from c2f_lib.pipeline.corpus_index import CorpusIndex, video_embeddings
-from c2f_lib.pipeline.search import (Candidates, SearchConfig, coarse_temperature, load_split, localise,
-                                     records_by_k, search, to_record)
+from c2f_lib.pipeline.search import (Candidates, SearchConfig, assign_captions, coarse_temperature, load_split,
+                                     localise, records_by_k, search, to_record)
 
 
 class StandInCoarse(nn.Module):
@@ -105,6 +105,49 @@ def test_vcmr_never_exceeds_ceiling(tmp_path):
         m = evaluate_vcmr(records, gts, ks=(1, 10), k_videos=(k,))
         assert m["VCMR-R@10-IoU0.5"] <= m[f"Ceiling@{k}"]
         assert all({mm[0] for mm in r["moments"]} <= {v for v, _ in r["ranked_videos"][:k]} for r in records)
+
+
+def test_two_query_mode_coarse_stage_uses_the_caption_fine_stage_the_moment(tmp_path):
+    """The random store ties captions to their video's frames and moment sentences to nothing the
+    coarse stage sees (plain frames): the videos are found from the caption, and only from it. The
+    moment sentence is what localises inside them (its tokens match the clips of its window)."""
+    moments, _ = random_records(num_videos=8, queries_per_video=3, seed=4)
+    captions = [VideoCaptions(vid=f"vid{v:03d}", captions=[f"first caption of video {v}",
+                                                           f"second caption of video {v}"], duration=20.0)
+                for v in range(8)]
+    store = make_random_store(tmp_path / "store.h5", moments, captions, dim=16, noise=0.3, seed=4)
+    write_moments(tmp_path / "moments.jsonl", moments)
+    write_captions(tmp_path / "captions.jsonl", captions)
+    gts = [m.to_json() for m in moments]
+    corpus, queries = load_split(store, tmp_path / "moments.jsonl", tmp_path / "captions.jsonl")
+    fine = StandInFine()
+    two = search(StandInCoarse(), fine, queries, corpus, SearchConfig(k_videos=2, coarse_query="caption"))
+    single = search(StandInCoarse(), StandInFine(), queries, corpus, SearchConfig(k_videos=2))
+    two_m, single_m = evaluate_vcmr(two, gts, ks=(1,)), evaluate_vcmr(single, gts, ks=(1,))
+    assert (two_m["query_mode"], single_m["query_mode"]) == ("two", "single")
+    assert two_m["VR-R@1"] > 90 and single_m["VR-R@1"] < 50       # chance is 12.5
+    assert two_m["VCMR-R@1-IoU0.5"] > single_m["VCMR-R@1-IoU0.5"]
+    by_vid = {c.vid: c.captions for c in captions}
+    assert all(r["coarse_query"] in by_vid[r["gt_vid"]] and r["query"] == q.query for r, q in zip(two, moments))
+    assert all("coarse_query" not in r for r in single)
+    # the fine stage got the moment sentence and its tokens, never the caption
+    samples = [s for call in fine.calls for s in call]
+    token_of = {q: t for q, t in zip(queries.qids, queries.tokens)}
+    assert {s.query for s in samples} == {m.query for m in moments}
+    assert all(s.token_feats is token_of[s.qid] for s in samples)
+
+
+def test_assign_captions_and_two_query_errors(tmp_path):
+    caps = [VideoCaptions("a", ["a1", "a2"]), VideoCaptions("b", ["b1"])]
+    assert assign_captions(["a", "b", "a", "a", "b"], caps) == ["a1", "b1", "a2", "a1", "b1"]
+    with pytest.raises(KeyError, match="no caption for video 'c'"):
+        assign_captions(["a", "c"], caps, "caps.jsonl")
+    with pytest.raises(ValueError, match="coarse_query"):
+        SearchConfig(coarse_query="video")
+    store, moments_file, _ = make_split(tmp_path, num_videos=3)
+    corpus, queries = load_split(store, moments_file)  # no captions file
+    with pytest.raises(ValueError, match="captions_jsonl"):
+        localise(StandInCoarse(), StandInFine(), queries, corpus, SearchConfig(k_videos=2, coarse_query="caption"))
 
 
 def _hand_candidates():

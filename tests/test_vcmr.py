@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from c2f_lib.evaluation.vcmr import (VCMRPredictionError, evaluate_vcmr, iou_of_top1, moment_recall,
-                                     read_predictions, shortlist_ceiling, video_recall, write_predictions)
+                                     query_mode, read_predictions, shortlist_ceiling, video_recall,
+                                     write_predictions)
 
 GTS = [{"qid": 1, "vid": "a", "relevant_windows": [[10.0, 20.0]]},
        {"qid": 2, "vid": "b", "relevant_windows": [[0.0, 4.0], [30.0, 40.0]]}]
@@ -61,6 +62,22 @@ def test_evaluate_vcmr_bounds_and_errors(tmp_path):
     path.write_text('{"qid": 1, "gt_vid": "a", "ranked_videos": [], "moments": [["a", 1]]}\n')
     with pytest.raises(VCMRPredictionError, match=r"p.jsonl:1: moments\[0\]"):
         read_predictions(path)
+
+
+def test_query_mode_is_recorded(tmp_path):
+    """Two-query records carry the coarse stage's text; the metrics say which mode made them."""
+    assert evaluate_vcmr(_records(), GTS)["query_mode"] == "single"
+    two = _records()
+    for r, caption in zip(two, ("a video of a", "a video of b")):
+        r["coarse_query"] = caption
+    assert evaluate_vcmr(two, GTS)["query_mode"] == "two"
+    write_predictions(tmp_path / "p.jsonl", two)
+    assert query_mode(read_predictions(tmp_path / "p.jsonl")) == "two"
+    with pytest.raises(VCMRPredictionError, match="1 of 2 records"):
+        evaluate_vcmr([two[0], _records()[1]], GTS)
+    two[0]["coarse_query"] = ["not", "text"]
+    with pytest.raises(VCMRPredictionError, match="coarse_query must be a string"):
+        write_predictions(tmp_path / "q.jsonl", two)
 
 
 def _brute_force(records, gts, k, t):

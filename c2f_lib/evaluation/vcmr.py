@@ -19,11 +19,15 @@ Prediction format (JSON lines, one object per query; ``write_predictions`` / ``r
     {"qid": 7, "query": "the red circle jumps", "gt_vid": "vid003",
      "ranked_videos": [["vid003", 0.91], ["vid010", 0.85], ...],      # coarse ranking, best first
      "moments":       [["vid003", 4.0, 9.5, 0.72], ["vid010", 0.0, 6.0, 0.40], ...],  # corpus list
-     "gt_moments":    [[4.0, 9.5, 0.80], ...]}                         # optional: fine model run on
+     "gt_moments":    [[4.0, 9.5, 0.80], ...],                         # optional: fine model run on
                                                                         # the GT video (for SVMR)
+     "coarse_query":  "a man cooks eggs and ..."}                      # optional: two-query mode, the
+                                                                        # text the coarse stage used
 
 ``gt_vid`` is what the system was asked to find; the ground-truth windows come from the moment
 annotations (``MomentQuery`` records, matched by ``qid``). Extra keys are allowed and ignored.
+`evaluate_vcmr` records the query mode in its output: ``"query_mode": "two"`` when every record has a
+``coarse_query`` (coarse stage searched with a video caption), ``"single"`` when none has; a mix is an error.
 """
 from __future__ import annotations
 
@@ -59,6 +63,8 @@ def validate_record(record: Any, where: str = "<memory>") -> dict:
     for i, row in enumerate(record["moments"]):
         if not (isinstance(row, (list, tuple)) and len(row) == 4 and isinstance(row[0], str)):
             raise VCMRPredictionError(f"{where}: moments[{i}] must be [vid, start, end, score], got {row!r}")
+    if not isinstance(record.get("coarse_query", ""), str):
+        raise VCMRPredictionError(f"{where}: coarse_query must be a string, got {record['coarse_query']!r}")
     for i, row in enumerate(record.get("gt_moments") or []):
         if not (isinstance(row, (list, tuple)) and len(row) == 3):
             raise VCMRPredictionError(f"{where}: gt_moments[{i}] must be [start, end, score], got {row!r}")
@@ -160,16 +166,27 @@ def moment_recall(records: Sequence[dict], gts: Sequence[dict], setting: str = "
             for t in thresholds for k in ks}
 
 
+def query_mode(records: Sequence[dict]) -> str:
+    """The query mode of one system's records: "two" when every record carries a coarse_query,
+    "single" when none does."""
+    two = [r.get("coarse_query") is not None for r in records]
+    if any(two) and not all(two):
+        raise VCMRPredictionError(f"{sum(two)} of {len(two)} records have a coarse_query: "
+                                  f"one system's predictions use one query mode")
+    return "two" if all(two) else "single"
+
+
 def evaluate_vcmr(records: Sequence[dict], gts: Sequence[dict], ks: Sequence[int] = RECALL_KS,
                   thresholds: Sequence[float] = IOU_THRESHOLDS,
-                  k_videos: Sequence[int] = ()) -> dict[str, float]:
-    """All metrics for one system: VR, SVMR (if every record has gt_moments), VCMR, Ceiling@k_videos."""
+                  k_videos: Sequence[int] = ()) -> dict[str, Any]:
+    """All metrics for one system: VR, SVMR (if every record has gt_moments), VCMR, Ceiling@k_videos,
+    plus num_queries and query_mode."""
     if not records:
         raise VCMRPredictionError("no prediction records to evaluate")
     qids = [str(r["qid"]) for r in records]
     if len(set(qids)) != len(qids):
         raise VCMRPredictionError("a qid is predicted twice")
-    out = {"num_queries": len(records)}
+    out: dict[str, Any] = {"num_queries": len(records), "query_mode": query_mode(records)}
     out.update(video_recall(records, ks))
     if all(r.get("gt_moments") is not None for r in records):
         out.update(moment_recall(records, gts, "SVMR", ks, thresholds))

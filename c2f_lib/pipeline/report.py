@@ -4,6 +4,7 @@
     ckpts = find_checkpoints(run_dir, seed)           # {"coarse": {method: path}, "fine": {...}}
     fine = choose_fine(ckpts["fine"], stages["05_fine"])   # best on validation (see SELECT_METRICS)
     results = evaluate_methods(ckpts, store, moments_jsonl, cfg, ks_videos=(1, 5, 10), fine_name=fine.name)
+    # two-query mode (TACoS-CG): cfg.coarse_query = "caption" and captions_jsonl=<the split's captions>
     write_report(run_dir, build_report(stages, results, figures, cfg, split, fine=fine))
 """
 from __future__ import annotations
@@ -109,20 +110,24 @@ def best_fine(fine: dict[str, Path], stage05: dict | None = None) -> str | None:
 class MethodResult:
     method: str                     # coarse method
     fine: str                       # fine model
-    metrics: dict[str, float]       # evaluate_vcmr at cfg.k_videos
-    by_k: dict[int, dict[str, float]]   # k_videos -> metrics
+    metrics: dict[str, Any]         # evaluate_vcmr at cfg.k_videos (numbers, plus query_mode)
+    by_k: dict[int, dict[str, Any]]     # k_videos -> metrics
     top1_iou: np.ndarray            # [Q] IoU of each query's first corpus moment
     records: list[dict]             # prediction records at cfg.k_videos
 
 
 def evaluate_methods(checkpoints: dict[str, dict[str, Path]], store: str | Path, moments_jsonl: str | Path,
                      cfg: SearchConfig, ks_videos: Sequence[int] = (1, 5, 10), device: str = "cpu",
-                     fine_name: str | None = None) -> list[MethodResult]:
-    """Coarse-to-fine VCMR for every coarse checkpoint x one fine checkpoint (default: `best_fine`)."""
+                     fine_name: str | None = None,
+                     captions_jsonl: str | Path | None = None) -> list[MethodResult]:
+    """Coarse-to-fine VCMR for every coarse checkpoint x one fine checkpoint (default: `best_fine`).
+    `captions_jsonl` (the split's video captions) is needed by the two-query mode only."""
     fine_name = fine_name or best_fine(checkpoints["fine"])
     if fine_name is None or not checkpoints["coarse"]:
         return []
-    corpus, queries = load_split(store, moments_jsonl)
+    if cfg.coarse_query == "caption" and captions_jsonl is None:
+        raise ValueError("coarse_query='caption' (two-query mode) needs captions_jsonl")
+    corpus, queries = load_split(store, moments_jsonl, captions_jsonl if cfg.coarse_query == "caption" else None)
     gts = [{"qid": q, "vid": v, "relevant_windows": w}
            for q, v, w in zip(queries.qids, queries.gt_vids, queries.gt_windows)]
     fine = load_model(checkpoints["fine"][fine_name], map_location=device)[0]
@@ -155,9 +160,12 @@ def build_report(stages: dict[str, dict | None], results: list[MethodResult], fi
                  dataset: str = "synthmoments") -> str:
     """Markdown: which stages ran, the headline table, effect of K, figures (paths relative to run_dir)."""
     chosen = f"`{fine.name}`, chosen by {fine.basis}" if fine and fine.name else "the best fine model"
+    mode = ("two-query mode: the coarse stage searches with a caption of the query's video, the fine stage "
+            "with the moment sentence" if cfg.coarse_query == "caption" else "single-query mode: both stages "
+            "search with the moment sentence")
     lines = ["# c2f evaluation report", "",
              f"Coarse-to-fine video-corpus moment retrieval on `{dataset}`, `{split}` split: top-{cfg.k_videos} "
-             f"videos from each coarse method, moments from {chosen}, `{cfg.fusion}` fusion.", "",
+             f"videos from each coarse method, moments from {chosen}, `{cfg.fusion}` fusion; {mode}.", "",
              "## Stages", ""]
     for stage, metrics in stages.items():
         lines.append(f"- `{stage}`: " + ("metrics found" if metrics is not None else "**missing** (stage not run)"))

@@ -18,12 +18,20 @@ videos (the coarse model's learned temperature unless one is given):
 * ``"weighted"`` — alpha * log p_v + (1 - alpha) * log f_m, log-linear with a tunable alpha
   (alpha = 0.5 ranks exactly like "product"; alpha = 0 like "fine").
 
+Query modes (`SearchConfig.coarse_query`). ``"moment"`` (default, single-query): both stages use the
+moment sentence. ``"caption"`` (two-query, the TACoS-CG protocol): the coarse stage retrieves with a
+video-level caption and the fine stage localises the moment sentence in the videos it returns. A
+query's caption is one of its own video's captions (moments and captions files share video ids);
+the k-th query of a video takes caption k mod n (`assign_captions`), so all n captions are used.
+Records then carry the caption as ``coarse_query``.
+
 Search output per query is one record in the prediction format of `c2f_lib.evaluation.vcmr`.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -31,13 +39,14 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
-from c2f_lib.data.schema import read_moments
+from c2f_lib.data.schema import VideoCaptions, read_captions, read_moments
 from c2f_lib.features.store import FeatureStore, load_moment_samples
 from c2f_lib.features.types import MomentSample
 from c2f_lib.pipeline.rerank import Gallery, prepare_gallery
 from c2f_lib.progress import progress
 
 FUSIONS = ("fine", "product", "weighted")
+COARSE_QUERIES = ("moment", "caption")  # the coarse stage's text (see "Query modes" above)
 # Fine scores are clamped before the log of "weighted" fusion.
 SCORE_EPS = 1e-6
 # CLIP's initial logit scale: the softmax temperature when a coarse model has no learned one.
@@ -57,10 +66,13 @@ class SearchConfig:
     chunk_size: int = 16                # texts per coarse scoring chunk (memory bound)
     fine_batch_size: int = 64           # (query, video) pairs per fine predict() call
     seed: int = 0                       # stochastic coarse models (T-MASS) draw from this
+    coarse_query: str = "moment"        # one of COARSE_QUERIES; "caption" = two-query mode
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
+        if self.coarse_query not in COARSE_QUERIES:
+            raise ValueError(f"coarse_query {self.coarse_query!r} is not one of {COARSE_QUERIES}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.k_videos < 1 or self.moments_per_video < 1 or self.top_moments < 1:
@@ -106,6 +118,8 @@ class Queries:
     tokens: list[torch.Tensor]                   # T x [Lq, Dt] for the fine stage
     gt_vids: list[str | None] = field(default_factory=list)        # empty = unknown (user search)
     gt_windows: list[list[list[float]]] = field(default_factory=list)
+    coarse_texts: list[str] = field(default_factory=list)        # two-query mode: one caption per query
+    coarse_sentence: torch.Tensor | None = None                  # [T, D] embeddings of coarse_texts
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -122,15 +136,24 @@ class StoreTextEncoder:
     def __init__(self, store_path: str | Path):
         self.store_path = Path(store_path)
 
+    def _open(self, texts: list[str]) -> FeatureStore:
+        store = FeatureStore(self.store_path)
+        missing = [t for t in texts if not store.has_text(t)]
+        if missing:
+            store.close()
+            raise KeyError(f"{self.store_path}: no features for text {missing[0]!r}; this store only "
+                           f"knows the texts it was built with (use a backbone text encoder)")
+        return store
+
+    def sentences(self, texts: list[str]) -> torch.Tensor:
+        """[T, D] sentence embeddings only (captions are stored without token features)."""
+        with self._open(texts) as store:
+            return torch.stack([torch.from_numpy(store.sentence(t)).float() for t in texts])
+
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        with FeatureStore(self.store_path) as store:
-            missing = [t for t in texts if not store.has_text(t)]
-            if missing:
-                raise KeyError(f"{self.store_path}: no features for text {missing[0]!r}; this store only "
-                               f"knows the texts it was built with (use a backbone text encoder)")
-            sentence = torch.stack([torch.from_numpy(store.sentence(t)).float() for t in texts])
+        with self._open(texts) as store:
             tokens = [torch.from_numpy(store.tokens(t)).float() for t in texts]
-        return sentence, tokens
+        return self.sentences(texts), tokens
 
 
 class BackboneTextEncoder:
@@ -164,21 +187,45 @@ def load_corpus(store_path: str | Path, video_ids: Sequence[str] | None = None) 
                       clips=clips, durations=durations, clip_len=store.meta.clip_len)
 
 
-def load_queries(store_path: str | Path, moments_jsonl: str | Path) -> Queries:
-    """The moment queries of a split with their sentence/token features and ground truth."""
+def assign_captions(vids: Sequence[str], captions: Sequence[VideoCaptions],
+                    where: str | Path = "captions") -> list[str]:
+    """Each query's coarse text, given its video id: the k-th query of a video takes that video's
+    caption k mod n (deterministic, and every caption of a video is used)."""
+    by_vid = {c.vid: c.captions for c in captions}
+    seen: Counter[str] = Counter()
+    out = []
+    for vid in vids:
+        if not by_vid.get(vid):
+            raise KeyError(f"{where}: no caption for video {vid!r} (two-query mode needs one per queried video)")
+        out.append(by_vid[vid][seen[vid] % len(by_vid[vid])])
+        seen[vid] += 1
+    return out
+
+
+def load_queries(store_path: str | Path, moments_jsonl: str | Path,
+                 captions_jsonl: str | Path | None = None) -> Queries:
+    """The moment queries of a split with their sentence/token features and ground truth; with
+    `captions_jsonl`, also each query's video caption for the two-query mode."""
     samples = load_moment_samples(store_path, moments_jsonl)
-    sentence, _ = StoreTextEncoder(store_path)([s.query for s in samples])
-    return Queries(qids=[s.qid for s in samples], texts=[s.query for s in samples], sentence=sentence,
-                   tokens=[s.token_feats for s in samples], gt_vids=[s.vid for s in samples],
-                   gt_windows=[s.windows for s in samples])
+    encoder = StoreTextEncoder(store_path)
+    queries = Queries(qids=[s.qid for s in samples], texts=[s.query for s in samples],
+                      sentence=encoder.sentences([s.query for s in samples]),
+                      tokens=[s.token_feats for s in samples], gt_vids=[s.vid for s in samples],
+                      gt_windows=[s.windows for s in samples])
+    if captions_jsonl is not None:
+        queries.coarse_texts = assign_captions(queries.gt_vids, read_captions(captions_jsonl), captions_jsonl)
+        queries.coarse_sentence = encoder.sentences(queries.coarse_texts)
+    return queries
 
 
-def load_split(store_path: str | Path, moments_jsonl: str | Path) -> tuple[Corpus, Queries]:
-    """Corpus = every video the split's moment queries mention; queries = those queries."""
+def load_split(store_path: str | Path, moments_jsonl: str | Path,
+               captions_jsonl: str | Path | None = None) -> tuple[Corpus, Queries]:
+    """Corpus = every video the split's moment queries mention; queries = those queries (with their
+    video captions when `captions_jsonl` is given)."""
     vids = list(dict.fromkeys(r.vid for r in read_moments(moments_jsonl)))
     with FeatureStore(store_path) as store:
         vids = [v for v in vids if store.has_video(v)]  # undecodable ones are reported by load_queries
-    return load_corpus(store_path, vids), load_queries(store_path, moments_jsonl)
+    return load_corpus(store_path, vids), load_queries(store_path, moments_jsonl, captions_jsonl)
 
 
 # ----------------------------------------------------------------------------- stage 1: rank videos
@@ -255,13 +302,26 @@ class Candidates:
     ranked: list[tuple[str, float]]           # coarse ranking, best first
     fine: dict[str, dict]                      # vid -> fine prediction, for the first searched videos
     gt_fine: dict | None = None                # fine prediction on the GT video (SVMR), if known
+    coarse_query: str | None = None            # the coarse stage's text when it is not `query`
+
+
+def coarse_text(queries: Queries, cfg: SearchConfig) -> tuple[torch.Tensor, list[str] | None]:
+    """The coarse stage's embeddings [T, D] and, in two-query mode, its texts."""
+    if cfg.coarse_query == "moment":
+        return queries.sentence, None
+    if queries.coarse_sentence is None:
+        raise ValueError("coarse_query='caption' needs each query's video caption: "
+                         "load_split(store, moments_jsonl, captions_jsonl)")
+    return queries.coarse_sentence, queries.coarse_texts
 
 
 def localise(coarse: CoarseModel, fine: FineModel, queries: Queries, corpus: Corpus,
              cfg: SearchConfig, index=None, with_gt: bool = True,
              gallery: Gallery | None = None) -> list[Candidates]:
-    """Rank videos, then run the fine model in each query's first `cfg.k_videos` videos (+ GT video)."""
-    scores, order = rank_videos(coarse, queries.sentence, corpus, cfg, index, gallery)  # [T, N]
+    """Rank videos (with `coarse_text`), then run the fine model with the moment sentence in each
+    query's first `cfg.k_videos` videos (+ GT video)."""
+    text_emb, coarse_texts = coarse_text(queries, cfg)
+    scores, order = rank_videos(coarse, text_emb, corpus, cfg, index, gallery)  # [T, N]
     k = min(cfg.k_videos, order.shape[1])
     pairs = [(q, int(v)) for q in range(len(queries)) for v in order[q, :k]]
     gt_pairs = []
@@ -278,7 +338,8 @@ def localise(coarse: CoarseModel, fine: FineModel, queries: Queries, corpus: Cor
         ranked = [(corpus.video_ids[int(v)], float(s)) for v, s in zip(order[q], scores[q])]
         searched = {vid: fine_by_query[q][vid] for vid, _ in ranked[:k]}
         out.append(Candidates(qid=queries.qids[q], query=queries.texts[q], gt_vid=gt_vid, ranked=ranked,
-                              fine=searched, gt_fine=fine_by_query[q].get(gt_vid) if with_gt else None))
+                              fine=searched, gt_fine=fine_by_query[q].get(gt_vid) if with_gt else None,
+                              coarse_query=coarse_texts[q] if coarse_texts else None))
     return out
 
 
@@ -321,6 +382,8 @@ def to_record(cand: Candidates, cfg: SearchConfig, temperature: float, k_videos:
     record = {"qid": cand.qid, "query": cand.query, "gt_vid": cand.gt_vid,
               "ranked_videos": [[vid, s] for vid, s in cand.ranked],
               "moments": moments[:cfg.top_moments]}
+    if cand.coarse_query is not None:
+        record["coarse_query"] = cand.coarse_query
     if cand.gt_fine is not None:
         record["gt_moments"] = [[float(s), float(e), float(c)]
                                 for s, e, c in cand.gt_fine["pred_relevant_windows"]]
