@@ -37,7 +37,7 @@ def test_valid_and_round_trip(loaded, name, split, tmp_path):
     data = loaded[name, split]   # reading back runs the schema checks on every record
     if data.moments:
         write_moments(tmp_path / "m.jsonl", data.moments)
-        assert read_moments(tmp_path / "m.jsonl") == data.moments
+        assert read_moments(tmp_path / "m.jsonl", labelled=data.labelled) == data.moments
     if data.captions:
         write_captions(tmp_path / "c.jsonl", data.captions)
         assert read_captions(tmp_path / "c.jsonl") == data.captions
@@ -152,3 +152,15 @@ def test_cli_list_and_stats(shared_datasets, capsys):
     assert main(["data", "download", "lsmdc", "--print-only"]) == 0
     assert "permission" in capsys.readouterr().out
     assert main(["data", "stats", "no_such_dataset"]) == 2
+
+
+def test_qvhighlights_hidden_test_loads_unlabelled_and_only_there(tmp_path):
+    from c2f_lib.data.adapters.qvhighlights import load_qvhighlights
+    row = {"qid": 5, "query": "a man cooks", "vid": "v_0.0_150.0", "duration": 150}
+    for split in ("test", "val"):
+        (tmp_path / f"highlight_{split}_release.jsonl").write_text(json.dumps(row) + "\n")
+    test = load_qvhighlights(tmp_path, "test")
+    assert not test.labelled and test.moments[0].relevant_windows == [] and test.moments[0].qid == 5
+    test.validate()
+    with pytest.raises(DatasetFormatError, match="highlight_val_release.jsonl: line 1: no relevant_windows"):
+        load_qvhighlights(tmp_path, "val")

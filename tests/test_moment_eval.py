@@ -197,3 +197,44 @@ def test_qvhighlights_val_ground_truth_as_predictions(shared_datasets):
     # Only the first 10 predictions count: a query with n > 10 GT windows reaches recall 10/n at precision 1.
     expected = np.mean([min(1.0, 10 / len(g["relevant_windows"])) for g in gts])
     assert out["MR-full"]["mAP"] == pytest.approx(round(100 * expected, 2)) and out["MR-full"]["mAP"] < 100
+
+
+def test_cli_refuses_unlabelled_ground_truth(tmp_path, capsys):
+    gt_path, pred_path = tmp_path / "hidden_gt.jsonl", tmp_path / "p.jsonl"
+    gt_path.write_text(json.dumps({"qid": "a", "query": "qa", "vid": "va", "duration": 30.0}) + "\n")
+    pred_path.write_text(json.dumps(_pred("a", [[0, 10, 0.5]])) + "\n")
+    parser = __import__("argparse").ArgumentParser()
+    moments_cli.add_arguments(parser)
+    assert moments_cli.main(parser.parse_args([str(pred_path), str(gt_path)])) == 1
+    err = capsys.readouterr().err
+    assert str(gt_path) in err and "no relevant_windows" in err and "'a'" in err
+
+
+def test_qvhighlights_test_predict_and_submit_but_not_evaluate(shared_datasets, tmp_path, capsys):
+    """The hidden QVHighlights test split loads unlabelled, goes through a fine model into a
+    submission file, and `c2f eval-moments` refuses it as ground truth."""
+    from c2f_lib.data import registry
+    from c2f_lib.data.schema import write_moments
+    from c2f_lib.evaluation.moments import read_jsonl, write_predictions
+    from c2f_lib.features.store import load_moment_samples
+    from c2f_lib.features.testing import make_random_store
+    from c2f_lib.models.moment_detr import MomentDETR, MomentDETRConfig
+
+    split = registry.load_split("qvhighlights", "test", shared_datasets)
+    assert not split.labelled and len(split.moments) == 1542 and not any(m.labelled for m in split.moments)
+    split.validate()
+    gt_path = tmp_path / "moments_test.jsonl"
+    write_moments(gt_path, split.moments[:6])
+    store = make_random_store(tmp_path / "store.h5", split.moments[:6], [], dim=8, token_dim=8)
+    with pytest.raises(ValueError, match="no window"):
+        load_moment_samples(store, gt_path)
+    samples = load_moment_samples(store, gt_path, labelled=False)
+    model = MomentDETR(MomentDETRConfig(video_dim=8, text_dim=8, hidden_dim=16, n_heads=2, ffn_dim=32)).eval()
+    pred_path = tmp_path / "submission.jsonl"
+    write_predictions(pred_path, model.predict(samples))
+    assert [p["qid"] for p in read_jsonl(pred_path)] == [m.qid for m in split.moments[:6]]
+    parser = __import__("argparse").ArgumentParser()
+    moments_cli.add_arguments(parser)
+    real = shared_datasets / "qvhighlights" / "highlight_test_release.jsonl"
+    assert moments_cli.main(parser.parse_args([str(pred_path), str(real)])) == 1
+    assert f"{real}: 1542 ground-truth queries have no relevant_windows" in capsys.readouterr().err

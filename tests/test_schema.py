@@ -82,3 +82,21 @@ def test_malformed_captions_name_file_line_and_field(tmp_path, record, line, fie
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         read_moments(tmp_path / "nope.jsonl")
+
+
+def test_unlabelled_queries_need_labelled_false(tmp_path):
+    path = tmp_path / "hidden_test.jsonl"
+    _write_lines(path, [{"qid": 1, "query": "a dog runs", "vid": "v1", "duration": 30},
+                        {"qid": 2, "query": "a cat sits", "vid": "v2", "duration": 30, "relevant_windows": []},
+                        {"qid": 3, "query": "a bird", "vid": "v3", "duration": 30, "relevant_windows": [[1, 2]]}])
+    with pytest.raises(SchemaError, match=r"hidden_test.jsonl:1: field 'relevant_windows': missing"):
+        read_moments(path)
+    records = read_moments(path, labelled=False)
+    assert [r.labelled for r in records] == [False, False, True] and records[0].relevant_windows == []
+    write_moments(tmp_path / "out.jsonl", records)  # unlabelled queries round-trip with explicit []
+    assert read_moments(tmp_path / "out.jsonl", labelled=False) == records
+    with pytest.raises(SchemaError, match=r"out.jsonl:1: field 'relevant_windows': no window \(an unlabelled"):
+        read_moments(tmp_path / "out.jsonl")
+    _write_lines(path, [{"qid": 1, "query": "q", "vid": "v", "duration": 30, "relevant_windows": [[5, 1]]}])
+    with pytest.raises(SchemaError, match="not inside"):  # windows that are given are still checked
+        read_moments(path, labelled=False)

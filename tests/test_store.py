@@ -144,3 +144,61 @@ def test_bad_features_rejected(tmp_path):
         w.put_video("v", clips=np.ones((2, 3)))
         with pytest.raises(ValueError, match="video_dim is 3"):
             w.put_video("w", clips=np.ones((2, 4)))
+
+
+def _texts_and_features(n, seed=0):
+    rng = np.random.default_rng(seed)
+    texts = [f"caption {i} / of a video" for i in range(n)]
+    tokens = [rng.standard_normal((1 + i % 4, 3)).astype(np.float32) for i in range(n)]
+    return texts, rng.standard_normal((n, 5)).astype(np.float32), tokens
+
+
+def test_put_texts_batch_reads_back_and_cut_off_append_is_dropped(tmp_path):
+    import h5py
+    path, meta = tmp_path / "s.h5", StoreMeta(backbone="b")
+    texts, sentences, tokens = _texts_and_features(7)
+    with pytest.raises(RuntimeError, match="boom"):
+        with FeatureStoreWriter(path, meta) as w:
+            w.put_texts(texts[:3], sentences=torch.from_numpy(sentences[:3]), tokens=tokens[:3])
+            w.put_texts(texts[3:5], sentences=sentences[3:5], tokens=tokens[3:5])
+            raise RuntimeError("boom")
+    with h5py.File(w.partial, "a") as f:  # as if the run died after writing rows 3-4, before committing them
+        f["text_table"].attrs["rows"] = 3
+    with FeatureStoreWriter(path, meta) as w:
+        assert [w.has_text(t) for t in texts[:5]] == [True] * 3 + [False] * 2
+        w.put_texts(texts[3:6], sentences=sentences[3:6], tokens=tokens[3:6])
+        w.put_text(texts[6], tokens=tokens[6])
+    with FeatureStore(path) as store:
+        for i, text in enumerate(texts):
+            np.testing.assert_allclose(store.tokens(text), tokens[i], atol=1e-2)
+            if i < 6:
+                np.testing.assert_allclose(store.sentence(text), sentences[i], atol=1e-2)
+        with pytest.raises(KeyError, match="has no 'sentence'"):
+            store.sentence(texts[6])
+    with pytest.raises(ValueError, match="2 texts but 1 token arrays"):
+        with FeatureStoreWriter(path, meta) as w:
+            w.put_texts(["a", "b"], tokens=[np.ones((2, 3))])
+
+
+def test_format1_store_is_read_and_upgraded_on_write(tmp_path):
+    import h5py
+
+    from c2f_lib.features.store import text_key
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as f:  # the per-text group layout of format 1
+        f.attrs["format"], f.attrs["meta"] = "c2f-feature-store/1", StoreMeta(backbone="b").to_json()
+        group = f.create_group(f"texts/{text_key('old text')}")
+        group["sentence"], group["tokens"] = np.full(4, 0.5, np.float16), np.ones((2, 3), np.float16)
+        group.attrs["text"], group.attrs["complete"] = "old text", True
+    with FeatureStore(path) as store:
+        assert store.sentence("old text").tolist() == [0.5] * 4
+    with FeatureStoreWriter(path, StoreMeta(backbone="b")) as w:
+        assert w.has_text("old text")
+        w.put_text("new text", sentence=np.zeros(4), tokens=np.zeros((1, 3)))
+    with FeatureStore(path) as store:
+        assert store.tokens("old text").shape == (2, 3) and store.tokens("new text").shape == (1, 3)
+    with h5py.File(path, "a") as f:
+        assert f.attrs["format"] == "c2f-feature-store/2"
+        f.attrs["format"] = "c2f-feature-store/3"
+    with pytest.raises(StoreError, match="format attribute 'c2f-feature-store/3'"):
+        FeatureStore(path)

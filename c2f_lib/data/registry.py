@@ -152,16 +152,17 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in [
                       "https://www.coli.uni-saarland.de/projects/smile/page.php?id=tacos."),
         notes="Times are frames / fps (fps from the file, 29.4 when absent); video ids drop '.avi'."),
     DatasetInfo(
-        "qvhighlights", "QVHighlights", "qvhighlights", ("train", "val"), "moments", load_qvhighlights,
-        {"train": {"queries": 7218, "videos": 7100}, "val": {"queries": 1550, "videos": 1519}},
+        "qvhighlights", "QVHighlights", "qvhighlights", ("train", "val", "test"), "moments", load_qvhighlights,
+        {"train": {"queries": 7218, "videos": 7100}, "val": {"queries": 1550, "videos": 1519},
+         "test": {"queries": 1542, "videos": 1529}},
         "https://github.com/jayleicn/moment_detr",
         fetch=tuple(Fetch(f"https://raw.githubusercontent.com/jayleicn/moment_detr/main/data/"
                           f"highlight_{split}_release.jsonl", f"highlight_{split}_release.jsonl")
                     for split in ("train", "val", "test")),
         manual_steps=("Videos (150-s clips, <vid>.mp4): https://nlp.cs.unc.edu/data/jielei/qvh/"
                       "qvhilights_videos.tar.gz (linked from the moment_detr README).",),
-        notes="The test release has no labels, which the schema cannot hold; use "
-              "adapters.qvhighlights.qvhighlights_test_queries for a submission."),
+        notes="The test release has no labels: its queries load unlabelled (read_moments(..., labelled=False)), "
+              "for a submission file only."),
     DatasetInfo(
         "tacos_cg", "TACoS-CG (LLM whole-video captions + TACoS moments)", "tacos_cg", tuple(TACOS_CG_FILES),
         "moments+captions", load_tacos_cg,

@@ -5,7 +5,10 @@ Two record kinds, both stored as JSON lines:
 * ``MomentQuery`` — one natural-language query grounded in one video (QVHighlights layout):
   ``{"qid", "query", "vid", "duration", "relevant_windows": [[start, end], ...],
   "relevant_clip_ids"?: [int], "saliency_scores"?: [[int, ...], ...], "meta"?: {...}}``.
-  Times are seconds; windows satisfy ``0 <= start < end <= duration``.
+  Times are seconds; windows satisfy ``0 <= start < end <= duration``. A labelled query has at
+  least one window; an *unlabelled* one (a benchmark's hidden test split, e.g. QVHighlights test)
+  has none (``relevant_windows`` empty or absent) and is accepted only when the reader is told so:
+  ``read_moments(path, labelled=False)``. Such files serve prediction, never evaluation.
 * ``VideoCaptions`` — the whole-video captions used by coarse (text -> video) retrieval:
   ``{"vid", "duration"?, "captions": [str, ...], "meta"?: {...}}``.
 
@@ -43,6 +46,10 @@ class MomentQuery:
     saliency_scores: list[list[int]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def labelled(self) -> bool:
+        return bool(self.relevant_windows)
+
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
         return {k: v for k, v in record.items() if v is not None and not (k == "meta" and not v)}
@@ -76,7 +83,9 @@ def _check_unknown(record: dict, allowed: set[str], where: tuple[Path, int]) -> 
         raise SchemaError(*where, unknown[0], f"unknown field (allowed: {sorted(allowed)})")
 
 
-def parse_moment(record: Any, path: str | Path = "<memory>", line: int = 0) -> MomentQuery:
+def parse_moment(record: Any, path: str | Path = "<memory>", line: int = 0,
+                 labelled: bool = True) -> MomentQuery:
+    """Validate one record; `labelled=False` also accepts a query without windows (see the module doc)."""
     where = (Path(path), line)
     if not isinstance(record, dict):
         raise SchemaError(*where, "<record>", f"expected a JSON object, got {type(record).__name__}")
@@ -91,9 +100,13 @@ def parse_moment(record: Any, path: str | Path = "<memory>", line: int = 0) -> M
     duration = float(_require(record, "duration", (int, float), where))
     if not math.isfinite(duration) or duration <= 0:
         raise SchemaError(*where, "duration", f"must be a positive number, got {duration}")
-    windows = _require(record, "relevant_windows", (list,), where)
-    if not windows:
-        raise SchemaError(*where, "relevant_windows", "no window")
+    if labelled or "relevant_windows" in record:
+        windows = _require(record, "relevant_windows", (list,), where)
+    else:
+        windows = []
+    if labelled and not windows:
+        raise SchemaError(*where, "relevant_windows", "no window (an unlabelled split? those can only be "
+                                                      "read with labelled=False, for prediction)")
     for i, window in enumerate(windows):
         if (not isinstance(window, list) or len(window) != 2
                 or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in window)):
@@ -159,8 +172,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                 raise SchemaError(path, line_no, "<json>", f"not valid JSON ({err.msg})") from None
 
 
-def _read_jsonl(path: str | Path, parse) -> list:
-    return [parse(record, path, line_no) for line_no, record in iter_jsonl(path)]
+def _read_jsonl(path: str | Path, parse, **options: Any) -> list:
+    return [parse(record, path, line_no, **options) for line_no, record in iter_jsonl(path)]
 
 
 def _write_jsonl(path: str | Path, records: Iterable) -> None:
@@ -169,9 +182,17 @@ def _write_jsonl(path: str | Path, records: Iterable) -> None:
             handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
 
 
-def read_moments(path: str | Path) -> list[MomentQuery]:
-    """Load and validate a moment-query jsonl file."""
-    return _read_jsonl(path, parse_moment)
+def read_moments(path: str | Path, labelled: bool = True) -> list[MomentQuery]:
+    """Load and validate a moment-query jsonl file.
+
+    labelled=False: queries may lack windows (a hidden test split, read for prediction only).
+    """
+    return _read_jsonl(path, parse_moment, labelled=labelled)
+
+
+def unlabelled_queries(path: str | Path) -> list[MomentQuery]:
+    """The queries of a moment file that have no window (empty when it can be evaluated against)."""
+    return [m for m in read_moments(path, labelled=False) if not m.labelled]
 
 
 def write_moments(path: str | Path, records: Iterable[MomentQuery]) -> None:

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from c2f_lib.data.schema import unlabelled_queries
 from c2f_lib.evaluation.moments import PredictionError, evaluate_files
 from c2f_lib.utils import atomic_write_json
 
@@ -21,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        unlabelled = unlabelled_queries(args.gt)
+        if unlabelled:
+            print(f"c2f eval-moments: {args.gt}: {len(unlabelled)} ground-truth queries have no relevant_windows "
+                  f"(first qid {unlabelled[0].qid!r}); an unlabelled split (e.g. QVHighlights test) cannot be "
+                  f"evaluated here: submit its predictions to the benchmark's server", file=sys.stderr)
+            return 1
         metrics = evaluate_files(args.preds, args.gt, clip_len=args.clip_len,
                                  match_number=not args.allow_missing)
     except (PredictionError, ValueError, FileNotFoundError) as err:

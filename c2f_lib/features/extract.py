@@ -141,8 +141,8 @@ def extract_dataset(dataset_dir: str | Path, backbone: Backbone, out: str | Path
         for start in progress(batches, desc="text features", unit="batch"):
             batch = todo_texts[start:start + cfg.text_batch]
             sentences, tokens, mask = backbone.encode_texts(batch)  # [T, D], [T, Lq, Dt], [T, Lq]
-            for text, sentence, token, valid in zip(batch, sentences, tokens, mask):
-                writer.put_text(text, sentence=sentence, tokens=token[valid])
+            writer.put_texts(batch, sentences=sentences,
+                             tokens=[token[valid] for token, valid in zip(tokens, mask)])
             summary["encoded_texts"] += len(batch)
     atomic_write_json(failures_path(out), [{"vid": v, "reason": r} for v, r in sorted(failures.items())])
     summary["failures"] = failures

@@ -8,15 +8,23 @@ Layout (all arrays fp16 except indices)::
     /videos/<q(vid)>/clips          [L, D]  one feature per clip_len seconds, clip i = [i*c, (i+1)*c)
     /videos/<q(vid)>                attrs: vid, duration, fps, source, complete
                                     (q = percent-escaping, so ids may hold '/')
-    /texts/<sha1(text)>/sentence [D]      sentence embedding (CLIP's projected EOT feature)
-    /texts/<sha1(text)>/tokens   [Lq, Dt] per-token features (last hidden states, padding removed)
-    /texts/<sha1(text)>          attrs: text, complete
+    /text_table                     attrs: rows (rows committed; rows past it are a cut-off append)
+    /text_table/key         [T]     sha1(text) hex, the text's id (a text written twice: last row wins)
+    /text_table/text        [T]     the text itself
+    /text_table/parts       [T]     bit 1: has a sentence row, bit 2: has tokens
+    /text_table/sentence    [T, D]  sentence embedding (CLIP's projected EOT feature)
+    /text_table/token_span  [T, 2]  [start, stop) rows of the text's tokens in `tokens`
+    /text_table/tokens      [sum Lq, Dt] per-token features (last hidden states, padding removed)
+
+Format 1 stored each text as a group (/texts/<sha1(text)>/{sentence, tokens}, attrs text,
+complete); creating HDF5 objects per text cost milliseconds each, so format 2 appends texts to one
+table in batches. Format-1 stores stay readable; a writer that resumes one marks it format 2.
 
 Writes never touch the finished store in place: `FeatureStoreWriter` appends to
 ``<store>.partial`` (a copy of the store, if one exists) and moves it over the store with
 ``os.replace`` on `close()`. An interrupted run leaves the old store intact and a partial file
-that the next run resumes from; groups are marked ``complete`` only after their data is written,
-so a group cut off mid-write is discarded on resume.
+that the next run resumes from; video groups are marked ``complete`` and the text table's ``rows``
+grows only after their data is written, so anything cut off mid-write is discarded on resume.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import math
 import os
 import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -38,7 +47,12 @@ import torch
 from c2f_lib.data.schema import read_captions, read_moments
 from c2f_lib.features.types import CoarseSplit, MomentSample
 
-FORMAT = "c2f-feature-store/1"
+FORMAT = "c2f-feature-store/2"
+READABLE_FORMATS = ("c2f-feature-store/1", FORMAT)
+TEXT_TABLE = "text_table"
+SENTENCE_PART, TOKENS_PART = 1, 2
+# Rows per HDF5 chunk: one chunk read serves one text without pulling in much more.
+TEXT_CHUNK_ROWS, TOKEN_CHUNK_ROWS = 64, 256
 # QVHighlights saliency_scores are 0..4 per annotator; targets are scaled to [0, 1].
 SALIENCY_SCALE = 4.0
 
@@ -127,8 +141,9 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
 
 def _read_meta(handle: h5py.File, path: Path) -> StoreMeta:
     fmt = handle.attrs.get("format")
-    if fmt != FORMAT:
-        raise StoreError(f"{path}: not a c2f feature store (format attribute {fmt!r}, expected {FORMAT!r})")
+    if fmt not in READABLE_FORMATS:
+        raise StoreError(f"{path}: not a c2f feature store this code reads (format attribute {fmt!r}, "
+                         f"expected one of {READABLE_FORMATS})")
     return StoreMeta.from_json(handle.attrs["meta"], path)
 
 
@@ -136,6 +151,35 @@ def _complete_names(group: h5py.Group | None) -> set[str]:
     if group is None:
         return set()
     return {name for name, item in group.items() if item.attrs.get("complete", False)}
+
+
+@dataclass
+class _TextRows:
+    """The committed rows of the text table, held in memory: sha1 key -> row, parts and spans."""
+
+    rows: dict[str, int]
+    parts: np.ndarray        # [T] uint8 bit mask (SENTENCE_PART | TOKENS_PART)
+    spans: np.ndarray        # [T, 2] int64 [start, stop) in /text_table/tokens
+
+    @classmethod
+    def read(cls, handle: h5py.File) -> "_TextRows":
+        table = handle.get(TEXT_TABLE)
+        if table is None:
+            return cls({}, np.zeros(0, np.uint8), np.zeros((0, 2), np.int64))
+        n = int(table.attrs.get("rows", 0))
+        keys = table["key"][:n]
+        return cls({key.decode(): i for i, key in enumerate(keys)}, table["parts"][:n], table["token_span"][:n])
+
+    def read_item(self, handle: h5py.File, key: str, item: str) -> np.ndarray | None:
+        """`item` ("sentence" | "tokens") of a text in the table; None when it has no such part."""
+        row = self.rows[key]
+        table = handle[TEXT_TABLE]
+        if item == "sentence" and self.parts[row] & SENTENCE_PART:
+            return table["sentence"][row]
+        if item == "tokens" and self.parts[row] & TOKENS_PART:
+            start, stop = self.spans[row]
+            return table["tokens"][start:stop]
+        return None
 
 
 class FeatureStore:
@@ -154,7 +198,8 @@ class FeatureStore:
                     raise StoreError(f"{self.path}: built with other settings ({'; '.join(problems)}); "
                                      f"use another --out or delete it")
             self._videos = _complete_names(self._h5.get("videos"))
-            self._texts = _complete_names(self._h5.get("texts"))
+            self._texts = _complete_names(self._h5.get("texts"))  # format-1 groups
+            self._table = _TextRows.read(self._h5)
         except Exception:
             self._h5.close()
             raise
@@ -175,9 +220,18 @@ class FeatureStore:
         return video_key(vid) in self._videos
 
     def has_text(self, text: str) -> bool:
-        return text_key(text) in self._texts
+        key = text_key(text)
+        return key in self._table.rows or key in self._texts
 
     def _array(self, kind: str, name: str, item: str) -> np.ndarray:
+        if kind == "text" and text_key(name) in self._table.rows:
+            try:
+                value = self._table.read_item(self._h5, text_key(name), item)
+            except OSError as err:
+                raise StoreError(f"{self.path}: {TEXT_TABLE}/{item} is corrupt ({err})") from None
+            if value is None:
+                raise KeyError(f"{self.path}: text {name!r} has no '{item}' features")
+            return value
         key, keys = (video_key(name), self._videos) if kind == "video" else (text_key(name), self._texts)
         if key not in keys:
             raise KeyError(f"{self.path}: no {kind} {name!r}")
@@ -225,7 +279,9 @@ class FeatureStoreWriter:
         self.meta = meta
         self._h5 = self._open_partial()
         self._videos = _complete_names(self._h5.get("videos"))
-        self._texts = _complete_names(self._h5.get("texts"))
+        self._texts = _complete_names(self._h5.get("texts"))  # format-1 groups
+        self._texts |= set(_TextRows.read(self._h5).rows)
+        self._drop_uncommitted_rows()
 
     def _open_partial(self) -> h5py.File:
         if self.partial.exists():
@@ -245,9 +301,22 @@ class FeatureStoreWriter:
             handle = _open_h5(self.partial, "a")
         else:
             handle = _open_h5(self.partial, "w")
-            handle.attrs["format"] = FORMAT
+        handle.attrs["format"] = FORMAT  # a format-1 store gains the text table
         handle.attrs["meta"] = self.meta.to_json()
         return handle
+
+    def _drop_uncommitted_rows(self) -> None:
+        """Cut the text table back to its committed rows (an interrupted append may have left more)."""
+        table = self._h5.get(TEXT_TABLE)
+        if table is None:
+            return
+        n = int(table.attrs["rows"])
+        for name in ("key", "text", "parts", "token_span"):
+            table[name].resize(n, axis=0)
+        if "sentence" in table:
+            table["sentence"].resize(min(n, table["sentence"].shape[0]), axis=0)
+        if "tokens" in table:
+            table["tokens"].resize(int(table["token_span"][n - 1, 1]) if n else 0, axis=0)
 
     def _check_meta(self, handle: h5py.File, where: Path) -> None:
         stored = _read_meta(handle, where)
@@ -320,21 +389,83 @@ class FeatureStoreWriter:
         self._videos.add(video_key(vid))
 
     def put_text(self, text: str, *, sentence: Any = None, tokens: Any = None) -> None:
-        """Store one text's sentence embedding [D] and/or token features [Lq, Dt] (no padding)."""
+        """Store one text's sentence embedding [D] and/or token features [Lq, Dt] (no padding).
+
+        Many texts: `put_texts`, which costs one table append instead of one per text.
+        """
         if sentence is None and tokens is None:
             raise ValueError(f"put_text({text!r}): give sentence and/or tokens")
-        group = self._fresh_group(self._h5.require_group("texts"), text_key(text))
-        group.attrs["text"] = text
-        if sentence is not None:
-            sentence = _as_numpy(sentence, 1, f"sentence of {text!r}")
-            self._fix_dim("text_dim", sentence.shape[0])
-            group.create_dataset("sentence", data=sentence.astype(np.float16))
+        sentences = None if sentence is None else _as_numpy(sentence, 1, f"sentence of {text!r}")[None]
+        self.put_texts([text], sentences=sentences, tokens=None if tokens is None else [tokens])
+
+    def put_texts(self, texts: Sequence[str], *, sentences: Any = None,
+                  tokens: Sequence[Any] | None = None) -> None:
+        """Store many texts at once: sentence embeddings [T, D] and/or token features, one [Lq_i, Dt] each.
+
+        The rows count as written only once all their data is in the file (the table's `rows`).
+        """
+        if not texts:
+            return
+        if sentences is None and tokens is None:
+            raise ValueError(f"put_texts({texts[0]!r}, ...): give sentences and/or tokens")
+        if sentences is not None:
+            sentences = _as_numpy(sentences, 2, f"sentences of {texts[0]!r}, ...")
+            if sentences.shape[0] != len(texts):
+                raise ValueError(f"put_texts: {len(texts)} texts but {sentences.shape[0]} sentence rows")
+            self._fix_dim("text_dim", sentences.shape[1])
         if tokens is not None:
-            tokens = _as_numpy(tokens, 2, f"tokens of {text!r}")
-            self._fix_dim("token_dim", tokens.shape[1])
-            group.create_dataset("tokens", data=tokens.astype(np.float16))
-        group.attrs["complete"] = True
-        self._texts.add(text_key(text))
+            if len(tokens) != len(texts):
+                raise ValueError(f"put_texts: {len(texts)} texts but {len(tokens)} token arrays")
+            tokens = [_as_numpy(t, 2, f"tokens of {text!r}") for text, t in zip(texts, tokens)]
+            for t in tokens:
+                self._fix_dim("token_dim", t.shape[1])
+        self._append_texts(list(texts), sentences, tokens)
+        self._texts.update(text_key(t) for t in texts)
+
+    def _append_texts(self, texts: list[str], sentences: np.ndarray | None,
+                      tokens: list[np.ndarray] | None) -> None:
+        table = self._text_table()
+        n, count = int(table.attrs["rows"]), len(texts)
+        stop = n + count
+        token_start = int(table["token_span"][n - 1, 1]) if n else 0
+        lengths = np.array([t.shape[0] for t in tokens] if tokens is not None else [0] * count, dtype=np.int64)
+        ends = token_start + np.cumsum(lengths)  # [T]
+        parts = (SENTENCE_PART if sentences is not None else 0) | (TOKENS_PART if tokens is not None else 0)
+        columns = {"key": np.array([text_key(t) for t in texts], dtype="S40"),
+                   "text": np.array(texts, dtype=object),
+                   "parts": np.full(count, parts, dtype=np.uint8),
+                   "token_span": np.stack([ends - lengths, ends], axis=1)}
+        for name, values in columns.items():
+            table[name].resize(stop, axis=0)
+            table[name][n:stop] = values
+        if sentences is not None:
+            column = self._column(table, "sentence", self.meta.text_dim, TEXT_CHUNK_ROWS, stop)
+            column[n:stop] = sentences.astype(np.float16)  # numpy's fp16 cast is far faster than HDF5's
+        if tokens is not None and int(lengths.sum()):
+            column = self._column(table, "tokens", self.meta.token_dim, TOKEN_CHUNK_ROWS, int(ends[-1]))
+            column[token_start:] = np.concatenate(tokens).astype(np.float16)
+        table.attrs["rows"] = stop  # commit: only now do the rows count as written
+
+    def _text_table(self) -> h5py.Group:
+        if TEXT_TABLE in self._h5:
+            return self._h5[TEXT_TABLE]
+        table = self._h5.create_group(TEXT_TABLE)
+        for name, dtype, shape in (("key", "S40", ()), ("text", h5py.string_dtype(), ()),
+                                   ("parts", np.uint8, ()), ("token_span", np.int64, (2,))):
+            table.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                 chunks=(1024, *shape))
+        table.attrs["rows"] = 0
+        return table
+
+    @staticmethod
+    def _column(table: h5py.Group, name: str, dim: int, chunk_rows: int, rows: int) -> h5py.Dataset:
+        """The fp16 [rows, dim] dataset `name`, created (zero-filled) or grown to `rows` rows."""
+        if name not in table:
+            table.create_dataset(name, shape=(0, dim), maxshape=(None, dim), dtype=np.float16,
+                                 chunks=(chunk_rows, dim), fillvalue=0)
+        column = table[name]
+        column.resize(rows, axis=0)
+        return column
 
     def flush(self) -> None:
         self._h5.flush()
@@ -418,9 +549,13 @@ def saliency_target(num_clips: int, clip_len: float, windows: list[list[float]],
     return target
 
 
-def load_moment_samples(store_path: str | Path, moments_jsonl: str | Path) -> list[MomentSample]:
-    """One MomentSample per query: its video's clip features and the query's token features."""
-    records = read_moments(moments_jsonl)
+def load_moment_samples(store_path: str | Path, moments_jsonl: str | Path,
+                        labelled: bool = True) -> list[MomentSample]:
+    """One MomentSample per query: its video's clip features and the query's token features.
+
+    labelled=False loads a hidden test split too (no windows, all-zero saliency): for prediction only.
+    """
+    records = read_moments(moments_jsonl, labelled=labelled)
     samples = []
     with FeatureStore(store_path) as store:
         usable = _usable_videos(store, [r.vid for r in records], Path(moments_jsonl))

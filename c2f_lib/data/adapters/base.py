@@ -66,6 +66,8 @@ class LoadedSplit:
     sources: list[str]
     # What the original files hold before cleaning: {"queries"|"captions": n, "videos": n}.
     source_counts: dict[str, int]
+    # False for a hidden test split: its moments have no windows (read back with labelled=False).
+    labelled: bool = True
 
     @property
     def video_ids(self) -> list[str]:
@@ -77,7 +79,7 @@ class LoadedSplit:
     def validate(self) -> None:
         """Run the schema checks on every record (raises SchemaError naming the record)."""
         for i, moment in enumerate(self.moments):
-            parse_moment(moment.to_json(), f"<{self.dataset}/{self.split} moments>", i + 1)
+            parse_moment(moment.to_json(), f"<{self.dataset}/{self.split} moments>", i + 1, self.labelled)
         for i, caption in enumerate(self.captions):
             parse_captions(caption.to_json(), f"<{self.dataset}/{self.split} captions>", i + 1)
 

@@ -1,7 +1,8 @@
 """QVHighlights: already in the unified layout (windows + 2-s clip ids + 3 saliency raters).
 
-The test release has no labels, and the schema requires at least one window per query, so only
-train and val load (the unlabeled test queries are listed by `qvhighlights_test_queries`).
+The test release hides its labels (rows hold qid, query, vid, duration only). Its queries load as
+*unlabelled* moments (no windows; `LoadedSplit.labelled` is False) so a model can predict them and
+write a submission file; a labelled split without windows is still an error.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 from c2f_lib.data.adapters.base import CleaningReport, DatasetFormatError, LoadedSplit, clean_window, need_file
 from c2f_lib.data.schema import MomentQuery
+
+UNLABELLED_SPLITS = ("test",)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -25,16 +28,17 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def load_qvhighlights(folder: Path, split: str) -> LoadedSplit:
     path = folder / f"highlight_{split}_release.jsonl"
+    labelled = split not in UNLABELLED_SPLITS
     report = CleaningReport()
     moments = []
     rows = _read_jsonl(path)
     for line_no, row in enumerate(rows, start=1):
-        if "relevant_windows" not in row:
-            raise DatasetFormatError(path, f"line {line_no}: no relevant_windows (unlabeled split?)")
+        if "relevant_windows" not in row and labelled:
+            raise DatasetFormatError(path, f"line {line_no}: no relevant_windows in labelled split {split!r}")
         where = f"{path.name}:{line_no}"
         windows = [w for w in (clean_window(s, e, row["duration"], report, where)
-                               for s, e in row["relevant_windows"]) if w is not None]
-        if not windows:
+                               for s, e in row.get("relevant_windows", [])) if w is not None]
+        if labelled and not windows:
             report.add("dropped query without a valid window", where)
             continue
         moments.append(MomentQuery(qid=row["qid"], query=row["query"], vid=row["vid"],
@@ -42,9 +46,4 @@ def load_qvhighlights(folder: Path, split: str) -> LoadedSplit:
                                    relevant_clip_ids=row.get("relevant_clip_ids"),
                                    saliency_scores=row.get("saliency_scores")))
     return LoadedSplit("qvhighlights", split, moments, [], report, [str(path)],
-                       {"queries": len(rows), "videos": len({r["vid"] for r in rows})})
-
-
-def qvhighlights_test_queries(folder: Path) -> list[dict]:
-    """The unlabeled test queries ({qid, query, vid, duration}) for producing a submission."""
-    return _read_jsonl(folder / "highlight_test_release.jsonl")
+                       {"queries": len(rows), "videos": len({r["vid"] for r in rows})}, labelled=labelled)
