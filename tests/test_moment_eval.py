@@ -238,3 +238,48 @@ def test_qvhighlights_test_predict_and_submit_but_not_evaluate(shared_datasets, 
     real = shared_datasets / "qvhighlights" / "highlight_test_release.jsonl"
     assert moments_cli.main(parser.parse_args([str(pred_path), str(real)])) == 1
     assert f"{real}: 1542 ground-truth queries have no relevant_windows" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ official-evaluator regression
+def _official_regression_case():
+    """4 queries: tied scores, an unsorted listing, a window past the video end, 11 windows (the best-scored
+    hit is the 11th, so it is cut), saliency lists too long / too short, every length bucket."""
+    gts = [
+        _gt(1, [[0, 10], [20, 40]], relevant_clip_ids=[0, 1, 2, 10, 11],
+            saliency_scores=[[4, 2, 1], [3, 3, 0], [1, 4, 2], [2, 2, 2], [0, 1, 4]]),
+        _gt(2, [[10, 50]], duration=60.0, relevant_clip_ids=[5, 6, 7],
+            saliency_scores=[[1, 1, 1], [4, 4, 4], [2, 3, 1]]),
+        _gt(3, [[4, 6], [8, 10]], duration=30.0, relevant_clip_ids=[2, 4], saliency_scores=[[3, 2, 4], [4, 4, 4]]),
+        _gt(4, [[2, 14]], duration=20.0, relevant_clip_ids=[1, 2, 3, 4, 5, 6],
+            saliency_scores=[[0, 0, 0], [2, 2, 2], [2, 1, 3], [3, 3, 3], [1, 2, 2], [4, 0, 0]]),
+    ]
+    preds = [
+        _pred(1, [[20, 40, 0.9], [0, 8, 0.9], [50, 60, 0.5]], [0.5, 0.5, 0.9] + [0.0] * 72),
+        _pred(2, [[0, 20, 0.2], [12, 50, 0.8], [40, 70, 0.8]], [0.1] * 6 + [0.7, 0.7] + [0.1] * 30),
+        _pred(3, [[4, 7, 0.3]] + [[20, 22, 0.5]] * 9 + [[8, 10, 0.99]], [0.0, 0.2, 0.2, 0.9]),
+        _pred(4, [[2, 12, 0.6], [0, 14, 0.6]], [0, 1, 2, 3, 3, 2, 1, 0, 0, 0]),
+    ]
+    return preds, gts
+
+
+def test_matches_official_evaluator_on_hand_made_case():
+    """Expected numbers were produced by the official QVHighlights evaluator (jayleicn/moment_detr
+    standalone_eval/eval.py @ 2fa9e32eb6e0097ba8b4f841046aa3345d748cee, run outside this repo) - an
+    independent implementation. The MR ones also follow by hand: per-query AP at θ=0.5 is
+    Q1 1 (ties keep listed order), Q2 1 (IoU 38/40), Q3 0.05 (the [8,10] hit is the 11th window; [4,7] is
+    a TP at rank 10), Q4 1 -> 76.25; R1 uses the first *listed* window (IoUs 1, 0.2, 2/3, 5/6)."""
+    out = evaluate_moments(*_official_regression_case())
+    expected = {  # bucket -> (mAP avg, mAP@0.5, mAP@0.75, mAP@0.85, R1@0.5, R1@0.7)
+        "full": (65.5, 76.25, 75.0, 50.0, 75.0, 50.0), "short": (18.5, 27.5, 25.0, 0.0, 50.0, 0.0),
+        "middle": (87.5, 100.0, 100.0, 75.0, 100.0, 100.0), "long": (100.0, 100.0, 100.0, 100.0, 0.0, 0.0)}
+    for bucket, values in expected.items():
+        got = out[f"MR-{bucket}"]
+        assert tuple(got[k] for k in ("mAP", "mAP@0.5", "mAP@0.75", "mAP@0.85", "R1@0.5", "R1@0.7")) == values
+    assert out["HL"] == {"HL-min-Fair-mAP": 60.94, "HL-min-Fair-Hit1": 75.0, "HL-min-Good-mAP": 49.69,
+                         "HL-min-Good-Hit1": 75.0, "HL-min-VeryGood-mAP": 28.17, "HL-min-VeryGood-Hit1": 50.0}
+
+
+def test_reversed_windows_are_refused():
+    # The official code scores [14, 12] against GT [10, 12] as 0/0 = NaN, which its matching counts as a hit.
+    with pytest.raises(PredictionError, match="ends before it starts"):
+        evaluate_moments([_pred(0, [[0, 2, 0.9], [14, 12, 0.5]])], [_gt(0, [[10, 12]])])
