@@ -53,6 +53,19 @@ def test_open_clip_shapes_and_pooling_match_open_clip(open_clip_tiny):
     torch.testing.assert_close(alone[0], tokens[0, :n_tokens[0]], atol=1e-5, rtol=1e-5)
 
 
+def test_open_clip_token_ids_align_with_token_features(open_clip_tiny):
+    b = open_clip_tiny
+    tokens, mask, ids = b.encode_tokens(TEXTS, with_ids=True)
+    assert ids.shape == mask.shape and ids.dtype == torch.long and b.vocab_size == 49408
+    for row, valid, text in zip(ids, mask, TEXTS):
+        sot, eot = b.tokenizer.sot_token_id, b.tokenizer.eot_token_id
+        assert row[valid].tolist() == [sot, *b.tokenizer.encode(text), eot]   # position i = token feature i
+        assert (row[~valid] == 0).all()
+    sentences, hidden, mask2, ids2 = b.encode_texts(TEXTS)          # one pass gives the same four
+    torch.testing.assert_close(hidden, tokens)
+    assert torch.equal(mask2, mask) and torch.equal(ids2, ids) and sentences.shape == (2, b.embed_dim)
+
+
 def test_preprocess_resizes_short_side_and_crops(open_clip_tiny):
     pixels = open_clip_tiny.preprocess(frames(2, size=100))
     assert pixels.shape == (2, 3, open_clip_tiny.image_size, open_clip_tiny.image_size)
@@ -74,6 +87,10 @@ def test_hf_backbone_from_local_dir(hf_tiny_dir):
     tokens, mask = b.encode_tokens(TEXTS)
     assert tokens.shape[:2] == mask.shape and tokens.shape[2] == 32
     assert mask[0].sum() < mask[1].sum() and mask[1].all()
+    _, hidden, mask2, ids = b.encode_texts(TEXTS)
+    assert b.vocab_size == 49408 and torch.equal(mask2, mask) and hidden.shape[:2] == ids.shape
+    expected = b.tokenizer(TEXTS, padding=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(ids[mask], expected[mask]) and torch.equal(b.encode_tokens(TEXTS, with_ids=True)[2], ids)
 
 
 def test_bad_specs_are_explained(tmp_path):

@@ -87,12 +87,14 @@ def reference_shapes(kind: str) -> tuple[dict[str, tuple], set[str]]:
         shapes |= _encoder_layer(f"enhance_encoder.t2v_encoder.layers.{i}")
     for i in range(4):
         shapes |= _encoder_layer(f"ss_reconstructor.recon_trans.layers.{i}")
-    extra = ({"masked_token": (DT,), "unknown_token": (DT,), "clip_text_encoder.weight": (3,)}
-             | _module("output_txt_proj.0.LayerNorm", NORM) | _module("output_txt_proj.0.net.1", LINEAR(D, D))
-             | _module("output_txt_proj.1", LINEAR(1114, D))
+    # MESM's masked-word branch (rec_fw): [MASK] feature and the hidden LinearLayer of `output_txt_proj`
+    mlm = {"masked_token": (DT,)} | _module("output_txt_proj.0.LayerNorm", NORM) \
+        | _module("output_txt_proj.0.net.1", LINEAR(D, D))
+    extra = ({"unknown_token": (DT,), "clip_text_encoder.weight": (3,)}
+             | _module("output_txt_proj.1", LINEAR(1114, D))      # classes: top-1111 dataset tokens + 3
              | _projection("ss_reconstructor.output_sent_proj", D)
              | _module("enhance_encoder.t2v_encoder.layers.0.linear1_1", LINEAR(FFN, D)))
-    return shapes | extra | {"ss_reconstructor.masked_sent_token": (D,)}, set(extra)
+    return shapes | mlm | extra | {"ss_reconstructor.masked_sent_token": (D,)}, set(extra)
 
 
 @pytest.mark.parametrize("kind", ["qd_detr", "mesm"])
@@ -103,8 +105,8 @@ def test_every_reference_tensor_lands_once(kind):
     reference = {k: torch.randn(s) for k, s in shapes.items()}
     converted, unmapped, uncovered = convert_state_dict(reference, model)
     assert set(unmapped) == reference_only
-    ours_only = {k for k in model.state_dict() if k.startswith(("mlm_head.", "masked_word_token"))}
-    assert set(uncovered) == ours_only                                   # the decoder is covered now
+    ours_only = {k for k in model.state_dict() if k.startswith(("mlm_head.", "mlm_vocab_head.4."))}
+    assert set(uncovered) == ours_only               # the decoder and MESM's MLM hidden layer are covered now
     assert len(converted) == len(reference) - len(reference_only)        # one reference key per tensor
     assert all(torch.equal(converted[rename_key(k)], v) for k, v in reference.items() if k not in reference_only)
     with pytest.raises(ValueError, match="shape"):
@@ -228,3 +230,24 @@ def test_video_positions_match_the_reference_sine_embedding():
     dim_t = 10000 ** (2 * (torch.arange(D) // 2) / D)
     want = torch.stack([(x[..., None] / dim_t)[..., 0::2].sin(), (x[..., None] / dim_t)[..., 1::2].cos()], -1)
     torch.testing.assert_close(video_positions(mask, D)[mask], want.flatten(-2)[mask])
+
+
+def test_mesm_masked_word_branch_lands_and_classifier_stays_reference_only():
+    """masked_token / output_txt_proj.0 land on our MLM branch; the K+3-class reference classifier never
+    does (its classes are dataset-frequency ranks, not token ids), even when the shapes agree."""
+    torch.manual_seed(0)
+    shapes, _ = reference_shapes("mesm")
+    reference = {k: torch.randn(s) for k, s in shapes.items()}
+    model = build_model("mesm", {**SMALL, "vocab_size": 1114})               # same shape as output_txt_proj.1
+    converted, unmapped, uncovered = convert_state_dict(reference, model)
+    assert torch.equal(converted["masked_word_token"], reference["masked_token"])
+    assert torch.equal(converted["mlm_vocab_head.0.weight"], reference["output_txt_proj.0.LayerNorm.weight"])
+    assert torch.equal(converted["mlm_vocab_head.2.weight"], reference["output_txt_proj.0.net.1.weight"])
+    assert {"output_txt_proj.1.weight", "unknown_token"} <= set(unmapped)
+    assert "mlm_vocab_head.4.weight" in uncovered
+    model.load_state_dict(converted, strict=False)
+    assert torch.equal(model.mlm_vocab_head[2].bias, reference["output_txt_proj.0.net.1.bias"])
+    # without a vocabulary head the branch's layers are reported, not forced in
+    plain = build_model("mesm", {**SMALL, "mlm_over_vocab": False})
+    _, unmapped, _ = convert_state_dict(reference, plain)
+    assert "output_txt_proj.0.net.1.weight" in unmapped and "masked_token" not in unmapped

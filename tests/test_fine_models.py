@@ -8,7 +8,7 @@ import c2f_lib.models.mesm  # noqa: F401  (registers qd_detr + mesm)
 import c2f_lib.models.moment_detr  # noqa: F401
 from c2f_lib.features.types import MomentSample
 from c2f_lib.models.fine_batch import collate_moments
-from c2f_lib.models.fine_losses import fine_loss, hinge_saliency, rank_contrastive, saliency_pairs
+from c2f_lib.models.fine_losses import fine_loss, hinge_saliency, masked_word_loss, rank_contrastive, saliency_pairs
 from c2f_lib.models.fine_presets import loss_preset
 from c2f_lib.models.matcher import hungarian_match
 from c2f_lib.models.mesm import group_key
@@ -17,16 +17,18 @@ from c2f_lib.models.span_utils import postprocess_windows, se_to_cw, temporal_nm
 
 SMALL = dict(video_dim=16, text_dim=12, hidden_dim=32, n_heads=4, ffn_dim=64)
 MODELS = [("moment_detr", "moment_detr"), ("qd_detr", "qd_detr"), ("mesm", "mesm_qvhighlights")]
+VOCAB = 50  # token ids of `make_samples(ids=True)` lie in [0, VOCAB)
 
 
-def make_samples(n=6, seed=0, length=None):
+def make_samples(n=6, seed=0, length=None, ids=False):
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
         L = length or 8 + i
+        tokens = torch.randn(4 + i % 3, 12, generator=g)
         out.append(MomentSample(qid=i, query=f"q{i}", vid=f"v{i // 2}", duration=2.0 * L, clip_len=2.0,
-                                clip_feats=torch.randn(L, 16, generator=g),
-                                token_feats=torch.randn(4 + i % 3, 12, generator=g), windows=[[2.0, 8.0]]))
+                                clip_feats=torch.randn(L, 16, generator=g), token_feats=tokens, windows=[[2.0, 8.0]],
+                                token_ids=torch.randint(0, VOCAB, (len(tokens),), generator=g) if ids else None))
     return out
 
 
@@ -165,3 +167,75 @@ def test_moment_plots_return_figures():
     for fig in (plots.timelines(preds, gts), plots.saliency_curves(preds, gts, 2.0),
                 plots.iou_histograms({"qd": (preds, gts)}), plots.metric_bars({"qd": {"mIoU": 1.0}}, ["mIoU"])):
         assert isinstance(fig, Figure)
+
+
+# ------------------------------------------------------------------ MESM masked-word targets
+def _smoothed_ce_per_sentence(logits, ids, keep, eps=0.1):
+    """Written from MESM's `cal_nll_loss`: (1-eps) nll + eps/K * sum(-log p), mean over kept tokens, then sentences."""
+    log_p = logits.log_softmax(-1)
+    per_token = (1 - eps) * -log_p.gather(1, ids[:, None])[:, 0] - eps / logits.shape[1] * log_p.sum(-1)
+    return torch.stack([per_token[k].mean() for k in keep if k.any()]).mean()
+
+
+@pytest.mark.parametrize("tokens", ["valid", "masked"])
+def test_mesm_classifies_masked_words_over_the_vocabulary_when_ids_exist(tokens):
+    torch.manual_seed(0)
+    model = build_model("mesm", {**SMALL, "vocab_size": VOCAB}).train()
+    batch = collate_moments(make_samples(ids=True))
+    out = model(batch)
+    assert "mlm_pred" not in out                                          # not the feature regression
+    n_valid = int(batch.text_mask.sum())
+    assert out["mlm_logits"].shape == (n_valid, VOCAB)
+    w = loss_preset("mesm_qvhighlights", rec_fw_tokens=tokens)
+    terms = fine_loss(out, batch, w)
+    ids, valid = batch.token_ids[batch.text_mask], batch.text_mask
+    rows = valid.nonzero()[:, 0]
+    masked = out["mlm_mask"][valid]
+    keep = [(rows == b) & (masked if tokens == "masked" else True) for b in range(len(valid))]
+    want = _smoothed_ce_per_sentence(out["mlm_logits"].detach().float(), ids, keep)
+    torch.testing.assert_close(terms["rec_fw"].detach(), w.rec_fw * want)
+    model.zero_grad()
+    terms["rec_fw"].backward()
+    assert model.mlm_vocab_head[4].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.mlm_head.parameters())       # the fallback head is idle
+    # the CE rewards the right ids: logits that put their mass on the targets give a lower loss
+    right = torch.nn.functional.one_hot(ids, VOCAB).float() * 20
+    assert masked_word_loss({**out, "mlm_logits": right}, batch, w) < masked_word_loss(out, batch, w)
+
+
+def test_mesm_falls_back_to_feature_regression_without_ids():
+    torch.manual_seed(0)
+    model = build_model("mesm", {**SMALL, "vocab_size": VOCAB}).train()
+    w = loss_preset("mesm_qvhighlights")
+    plain = collate_moments(make_samples())
+    mixed = collate_moments(make_samples(ids=True)[:3] + make_samples()[3:])
+    assert plain.token_ids is None and mixed.token_ids is None            # one kind of target per batch
+    for batch in (plain, mixed):
+        out = model(batch)
+        assert "mlm_logits" not in out and out["mlm_pred"].shape == (*batch.text_mask.shape, SMALL["text_dim"])
+        m = out["mlm_mask"]
+        want = (1 - torch.cosine_similarity(out["mlm_pred"][m], batch.text[m], dim=-1)).mean()
+        torch.testing.assert_close(fine_loss(out, batch, w)["rec_fw"], w.rec_fw * want)
+    switched_off = build_model("mesm", {**SMALL, "mlm_over_vocab": False}).train()
+    assert not any(k.startswith("mlm_vocab_head") for k in switched_off.state_dict())
+    assert "mlm_pred" in switched_off(collate_moments(make_samples(ids=True)))
+    too_small = build_model("mesm", {**SMALL, "vocab_size": VOCAB // 2}).train()
+    with pytest.raises(ValueError, match="vocab_size"):
+        too_small(collate_moments(make_samples(ids=True)))
+    with pytest.raises(ValueError, match="rec_fw_tokens"):
+        loss_preset("mesm_qvhighlights", rec_fw_tokens="all")
+
+
+def test_mesm_masks_a_third_of_the_words_never_sot_or_eot():
+    model = build_model("mesm", SMALL)
+    lengths = [2, 3, 5, 9, 12]
+    text_mask = torch.arange(12)[None] < torch.tensor(lengths)[:, None]
+    for seed in range(10):
+        torch.manual_seed(seed)
+        masked = model.mask_words(text_mask)
+        assert masked.sum(1).tolist() == [0, 1, 1, 3, 4]                 # max(l // 3, 1), none for SOT+EOT alone
+        assert not (masked & ~text_mask).any()
+        for row, n in zip(masked, lengths):
+            assert not row[0] and not row[n - 1]
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_model("mesm", {**SMALL, "vocab_size": 0})

@@ -77,3 +77,16 @@ def test_train_or_load_reuses_only_a_matching_checkpoint(tmp_path):
     assert path.stat().st_mtime_ns == stamp and again["made_from"] == first["made_from"]   # reused
     _, changed = train_or_load("mesm", SMALL, train, val, _cfg(epochs=2), path)            # config changed
     assert changed["made_from"] != first["made_from"] and len(changed["summary"]["history"]) == 2
+
+
+def test_mesm_trains_its_vocabulary_head_when_samples_carry_token_ids(tmp_path):
+    from test_fine_models import VOCAB
+
+    train, val = make_samples(8, seed=1, ids=True), make_samples(4, seed=2, ids=True)
+    torch.manual_seed(0)
+    model = build_model("mesm", {**SMALL, "vocab_size": VOCAB})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_fine(model, train, val, _cfg(epochs=1), tmp_path / "ids")
+    after = model.state_dict()
+    assert not torch.equal(after["mlm_vocab_head.4.weight"], before["mlm_vocab_head.4.weight"])    # CE trained
+    assert all(torch.equal(after[k], before[k]) for k in before if k.startswith("mlm_head."))  # no regression

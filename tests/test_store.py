@@ -202,3 +202,77 @@ def test_format1_store_is_read_and_upgraded_on_write(tmp_path):
         f.attrs["format"] = "c2f-feature-store/3"
     with pytest.raises(StoreError, match="format attribute 'c2f-feature-store/3'"):
         FeatureStore(path)
+
+
+def test_token_ids_round_trip_and_stores_without_ids_still_load(tmp_path):
+    import h5py
+    path = tmp_path / "s.h5"
+    texts, sentences, tokens = _texts_and_features(5)
+    ids = [np.arange(len(t)) * 7 + i for i, t in enumerate(tokens)]
+    with FeatureStoreWriter(path, StoreMeta(backbone="b", vocab_size=100)) as w:
+        w.put_texts(texts[:2], sentences=sentences[:2], tokens=tokens[:2])                 # no ids (old writer)
+        w.put_texts(texts[2:4], sentences=sentences[2:4], tokens=tokens[2:4],
+                    token_ids=[torch.from_numpy(i) for i in ids[2:4]])
+        w.put_text(texts[4], tokens=tokens[4], token_ids=ids[4])
+        assert [w.has_text(t, with_token_ids=True) for t in texts] == [False, False, True, True, True]
+        with pytest.raises(ValueError, match=r"outside \[0, 100\)"):
+            w.put_text("x", tokens=np.ones((2, 3)), token_ids=[5, 100])
+        with pytest.raises(ValueError, match="expected 2 integers"):
+            w.put_text("x", tokens=np.ones((2, 3)), token_ids=[5])
+        with pytest.raises(ValueError, match="need token features"):
+            w.put_texts(["x"], sentences=np.ones((1, 5)), token_ids=[[5]])
+    with FeatureStore(path) as store:
+        assert store.meta.vocab_size == 100
+        assert [store.token_ids(t) for t in texts[:2]] == [None, None]
+        for i in range(2, 5):
+            np.testing.assert_array_equal(store.token_ids(texts[i]), ids[i])
+            assert store.token_ids(texts[i]).dtype == np.int64 and len(store.token_ids(texts[i])) == len(tokens[i])
+            np.testing.assert_allclose(store.tokens(texts[i]), tokens[i], atol=1e-2)
+        with pytest.raises(KeyError, match="no text 'zzz'"):
+            store.token_ids("zzz")
+    # a rerun adds the ids of an old text (its new row wins) and an id-less rewrite drops them again
+    with FeatureStoreWriter(path, StoreMeta(backbone="b")) as w:
+        w.put_text(texts[0], tokens=tokens[0], token_ids=ids[0])
+        w.put_text(texts[2], tokens=tokens[2])
+    with FeatureStore(path) as store:
+        np.testing.assert_array_equal(store.token_ids(texts[0]), ids[0])
+        assert store.token_ids(texts[2]) is None and store.meta.vocab_size == 100   # 0 = not fixed: kept
+    # an append cut off before its commit leaves no stray id rows behind
+    with pytest.raises(RuntimeError, match="boom"):
+        with FeatureStoreWriter(path, StoreMeta(backbone="b")) as w:
+            w.put_text("late", tokens=np.ones((4, 3)), token_ids=[1, 2, 3, 4])
+            raise RuntimeError("boom")
+    with h5py.File(w.partial, "a") as f:
+        f["text_table"].attrs["rows"] = int(f["text_table"].attrs["rows"]) - 1
+    with FeatureStoreWriter(path, StoreMeta(backbone="b")) as w:
+        assert not w.has_text("late")
+        w.put_text("later", tokens=np.ones((2, 3)), token_ids=[8, 9])
+    with FeatureStore(path) as store:
+        assert store.token_ids("later").tolist() == [8, 9]
+        np.testing.assert_array_equal(store.token_ids(texts[4]), ids[4])
+
+
+def test_moment_samples_carry_token_ids_when_stored(annotated_store, tmp_path):
+    store, moments_file, _, moments, _ = annotated_store
+    assert all(s.token_ids is None for s in load_moment_samples(store, moments_file))  # a store without ids
+    with FeatureStore(store) as f:
+        lengths = {m.query: f.tokens(m.query).shape[0] for m in moments}
+    with FeatureStoreWriter(store, StoreMeta(backbone="random", weights="seed0", num_frames=5)) as w:
+        for m in moments:
+            w.put_text(m.query, tokens=np.zeros((lengths[m.query], 8)), token_ids=np.arange(lengths[m.query]) + m.qid)
+    for s in load_moment_samples(store, moments_file):
+        assert s.token_ids.dtype == torch.long
+        assert s.token_ids.tolist() == list(range(s.qid, s.qid + len(s.token_feats)))
+
+
+def test_format1_text_has_no_token_ids(tmp_path):
+    import h5py
+
+    from c2f_lib.features.store import text_key
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["format"], f.attrs["meta"] = "c2f-feature-store/1", StoreMeta(backbone="b").to_json()
+        group = f.create_group(f"texts/{text_key('old text')}")
+        group["tokens"], group.attrs["complete"] = np.ones((2, 3), np.float16), True
+    with FeatureStore(path) as store:
+        assert store.token_ids("old text") is None and store.meta.vocab_size == 0

@@ -67,6 +67,11 @@ def test_extract_store_loaders_and_failures(dataset, tmp_path):
     with pytest.warns(UserWarning, match="broken"):
         samples = load_moment_samples(out, dataset / "moments_val.jsonl")
     assert [s.qid for s in samples] == ["q2"] and samples[0].token_feats.shape[1] == backbone.token_dim
+    ids = backbone.tokenizer(["event 2 happens"])[0]            # the query's token ids, stored beside its features
+    assert samples[0].token_ids.tolist() == ids[ids != 0].tolist() and len(samples[0].token_ids) == len(
+        samples[0].token_feats)
+    with FeatureStore(out) as store:
+        assert store.meta.vocab_size == backbone.vocab_size == 49408
     again = extract_dataset(dataset, backbone, out, ExtractConfig(num_frames=4, clip_len=2.0))
     assert again["encoded_videos"] == 0 and again["encoded_texts"] == 0  # rerun skips finished work
 

@@ -10,7 +10,12 @@
     backbone.encode_tokens(list[str])           -> ([T, Lq, Dt], mask [T, Lq])
                                                    text transformer last hidden states (after the
                                                    final LayerNorm, before projection: MESM/QD-DETR)
-    backbone.encode_texts(list[str])            -> both of the above from one text-transformer pass
+    backbone.encode_tokens(texts, with_ids=True) -> the same plus the tokenizer's ids [T, Lq]
+    backbone.encode_texts(list[str])            -> sentences, tokens, mask and ids from one
+                                                   text-transformer pass
+
+Token ids are aligned with the token features (position i of both is one token, SOT/EOT included)
+and index a vocabulary of `backbone.vocab_size` entries (MESM's masked-word targets).
 
 Nothing is normalised here; every output is float32 on the CPU.
 """
@@ -36,6 +41,7 @@ class Backbone(ABC):
     image_size: int
     embed_dim: int        # D
     token_dim: int        # Dt
+    vocab_size: int       # tokenizer vocabulary (token ids lie in [0, vocab_size))
     device: str
     dtype: torch.dtype
     mean: tuple[float, float, float]
@@ -66,23 +72,27 @@ class Backbone(ABC):
         return self._text_features(texts)[1].float().cpu()  # [T, D]
 
     @torch.no_grad()
-    def encode_tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden, _, mask = self._text_features(texts)
-        return hidden.float().cpu(), mask.cpu()  # [T, Lq, Dt], [T, Lq] bool
+    def encode_tokens(self, texts: list[str], with_ids: bool = False) -> tuple[torch.Tensor, ...]:
+        """-> hidden [T, Lq, Dt], mask [T, Lq] bool (+ token ids [T, Lq] long when `with_ids`)."""
+        hidden, _, mask, ids = self._text_features(texts)
+        out = (hidden.float().cpu(), mask.cpu())
+        return out + (ids.long().cpu(),) if with_ids else out
 
     @torch.no_grad()
-    def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sentence and token features from one pass of the text transformer."""
-        hidden, sentence, mask = self._text_features(texts)
-        return sentence.float().cpu(), hidden.float().cpu(), mask.cpu()  # [T, D], [T, Lq, Dt], [T, Lq]
+    def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sentence and token features (with their token ids) from one pass of the text transformer."""
+        hidden, sentence, mask, ids = self._text_features(texts)
+        # [T, D], [T, Lq, Dt], [T, Lq] bool, [T, Lq] long
+        return sentence.float().cpu(), hidden.float().cpu(), mask.cpu(), ids.long().cpu()
 
     @abstractmethod
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """[N, 3, S, S] -> [N, D]"""
 
     @abstractmethod
-    def _text_features(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> hidden [T, Lq, Dt], sentence [T, D], mask [T, Lq] (Lq = longest text in the batch)."""
+    def _text_features(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> hidden [T, Lq, Dt], sentence [T, D], mask [T, Lq], token ids [T, Lq]
+        (Lq = longest text in the batch)."""
 
 
 class OpenClipBackbone(Backbone):
@@ -109,11 +119,12 @@ class OpenClipBackbone(Backbone):
         self.embed_dim = int(self.model.text_projection.shape[-1] if self.model.text_projection is not None
                              else self.model.ln_final.normalized_shape[0])
         self.token_dim = int(self.model.ln_final.normalized_shape[0])
+        self.vocab_size = int(self.model.token_embedding.num_embeddings)
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
 
-    def _text_features(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _text_features(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         tokens = self.tokenizer(texts).to(self.device)  # [T, context_length], 0 = padding
         m = self.model
         x = m.token_embedding(tokens).to(self.dtype) + m.positional_embedding.to(self.dtype)
@@ -125,7 +136,7 @@ class OpenClipBackbone(Backbone):
                 else sentence @ m.text_projection
         mask = tokens != 0
         longest = int(mask.sum(1).max())
-        return x[:, :longest], sentence, mask[:, :longest]
+        return x[:, :longest], sentence, mask[:, :longest], tokens[:, :longest]
 
 
 class HFClipBackbone(Backbone):
@@ -147,18 +158,19 @@ class HFClipBackbone(Backbone):
         self.name, self.weights = name or f"hf:{source}", str(source)
         self.device, self.dtype = device, dtype
         self.embed_dim, self.token_dim = cfg.projection_dim, cfg.text_config.hidden_size
+        self.vocab_size = cfg.text_config.vocab_size
         self.context_length = cfg.text_config.max_position_embeddings
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled = self.model.vision_model(pixel_values=pixels).pooler_output  # [N, width]
         return self.model.visual_projection(pooled)
 
-    def _text_features(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _text_features(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.context_length,
                                return_tensors="pt").to(self.device)
         out = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         sentence = self.model.text_projection(out.pooler_output)  # [T, D]
-        return out.last_hidden_state, sentence, batch["attention_mask"].bool()
+        return out.last_hidden_state, sentence, batch["attention_mask"].bool(), batch["input_ids"]
 
 
 def write_hf_clip_tokenizer(directory: str | Path) -> Path:

@@ -2,7 +2,7 @@
 
 Videos are decoded by a DataLoader (parallel workers on a GPU box, in-process on a laptop), encoded
 by the backbone, and written one video group at a time; texts (moment queries and video captions
-of every split) get a sentence embedding and per-token features. A video that cannot be decoded
+of every split) get a sentence embedding and per-token features with their tokenizer ids. A video that cannot be decoded
 is recorded in `<store>.failures.json` with the reason, and extraction goes on.
 
 `extract_videos` is the video half on its own, for any set of files (`c2f index DIR` uses it on a
@@ -94,7 +94,8 @@ class _VideoDataset(torch.utils.data.Dataset):
 def store_meta(backbone: Backbone, cfg: ExtractConfig) -> StoreMeta:
     return StoreMeta(backbone=backbone.name, weights=backbone.weights, num_frames=cfg.num_frames,
                      clip_len=cfg.clip_len, frames_per_clip=cfg.frames_per_clip, image_size=backbone.image_size,
-                     video_dim=backbone.embed_dim, text_dim=backbone.embed_dim, token_dim=backbone.token_dim)
+                     video_dim=backbone.embed_dim, text_dim=backbone.embed_dim, token_dim=backbone.token_dim,
+                     vocab_size=backbone.vocab_size)
 
 
 def extract_videos(writer: FeatureStoreWriter, backbone: Backbone, sources: Path | Mapping[str, Path],
@@ -136,13 +137,16 @@ def extract_dataset(dataset_dir: str | Path, backbone: Backbone, out: str | Path
     summary = {"videos": len(vids), "texts": len(texts), "encoded_videos": 0, "encoded_texts": 0}
     with FeatureStoreWriter(out, store_meta(backbone, cfg)) as writer:
         summary["encoded_videos"] = extract_videos(writer, backbone, video_dir, vids, cfg, failures)
-        todo_texts = [t for t in texts if not writer.has_text(t)]
+        # Texts stored before token ids existed are encoded again (their new row wins), so a rerun
+        # upgrades an old store for MESM's masked-word targets.
+        todo_texts = [t for t in texts if not writer.has_text(t, with_token_ids=True)]
         batches = range(0, len(todo_texts), cfg.text_batch)
         for start in progress(batches, desc="text features", unit="batch"):
             batch = todo_texts[start:start + cfg.text_batch]
-            sentences, tokens, mask = backbone.encode_texts(batch)  # [T, D], [T, Lq, Dt], [T, Lq]
+            sentences, tokens, mask, ids = backbone.encode_texts(batch)  # [T, D], [T, Lq, Dt], [T, Lq] x2
             writer.put_texts(batch, sentences=sentences,
-                             tokens=[token[valid] for token, valid in zip(tokens, mask)])
+                             tokens=[token[valid] for token, valid in zip(tokens, mask)],
+                             token_ids=[row[valid] for row, valid in zip(ids, mask)])
             summary["encoded_texts"] += len(batch)
     atomic_write_json(failures_path(out), [{"vid": v, "reason": r} for v, r in sorted(failures.items())])
     summary["failures"] = failures

@@ -11,10 +11,13 @@ Layout (all arrays fp16 except indices)::
     /text_table                     attrs: rows (rows committed; rows past it are a cut-off append)
     /text_table/key         [T]     sha1(text) hex, the text's id (a text written twice: last row wins)
     /text_table/text        [T]     the text itself
-    /text_table/parts       [T]     bit 1: has a sentence row, bit 2: has tokens
+    /text_table/parts       [T]     bit 1: has a sentence row, bit 2: has tokens, bit 4: has token ids
     /text_table/sentence    [T, D]  sentence embedding (CLIP's projected EOT feature)
     /text_table/token_span  [T, 2]  [start, stop) rows of the text's tokens in `tokens`
     /text_table/tokens      [sum Lq, Dt] per-token features (last hidden states, padding removed)
+    /text_table/token_ids   [sum Lq] int32, optional: the tokenizer's id of each row of `tokens`
+                                    (meta.vocab_size entries; MESM's masked-word targets). Stores
+                                    written before ids existed lack it and load with ids None.
 
 Format 1 stored each text as a group (/texts/<sha1(text)>/{sentence, tokens}, attrs text,
 complete); creating HDF5 objects per text cost milliseconds each, so format 2 appends texts to one
@@ -50,7 +53,7 @@ from c2f_lib.features.types import CoarseSplit, MomentSample
 FORMAT = "c2f-feature-store/2"
 READABLE_FORMATS = ("c2f-feature-store/1", FORMAT)
 TEXT_TABLE = "text_table"
-SENTENCE_PART, TOKENS_PART = 1, 2
+SENTENCE_PART, TOKENS_PART, TOKEN_IDS_PART = 1, 2, 4
 # Rows per HDF5 chunk: one chunk read serves one text without pulling in much more.
 TEXT_CHUNK_ROWS, TOKEN_CHUNK_ROWS = 64, 256
 # QVHighlights saliency_scores are 0..4 per annotator; targets are scaled to [0, 1].
@@ -75,6 +78,7 @@ class StoreMeta:
     video_dim: int = 0               # D of frames/clips (0 = not fixed yet)
     text_dim: int = 0                # D of sentence embeddings
     token_dim: int = 0               # Dt of token features
+    vocab_size: int = 0              # tokenizer vocabulary the stored token ids index (0 = not fixed)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -92,11 +96,11 @@ class StoreMeta:
             raise StoreError(f"{where}: unreadable store metadata ({err})") from None
 
     def mismatches(self, other: "StoreMeta") -> list[str]:
-        """Fields that differ, as 'name: stored != requested' (dims of 0 mean 'not fixed')."""
+        """Fields that differ, as 'name: stored != requested' (dims and vocab_size of 0 mean 'not fixed')."""
         problems = []
         for f in fields(self):
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
-            if f.name.endswith("_dim") and 0 in (mine, theirs):
+            if (f.name.endswith("_dim") or f.name == "vocab_size") and 0 in (mine, theirs):
                 continue
             if mine != theirs:
                 problems.append(f"{f.name}: stored {mine!r} != requested {theirs!r}")
@@ -171,14 +175,15 @@ class _TextRows:
         return cls({key.decode(): i for i, key in enumerate(keys)}, table["parts"][:n], table["token_span"][:n])
 
     def read_item(self, handle: h5py.File, key: str, item: str) -> np.ndarray | None:
-        """`item` ("sentence" | "tokens") of a text in the table; None when it has no such part."""
+        """`item` ("sentence" | "tokens" | "token_ids") of a text in the table; None when it has no such part."""
         row = self.rows[key]
         table = handle[TEXT_TABLE]
         if item == "sentence" and self.parts[row] & SENTENCE_PART:
             return table["sentence"][row]
-        if item == "tokens" and self.parts[row] & TOKENS_PART:
+        part = {"tokens": TOKENS_PART, "token_ids": TOKEN_IDS_PART}.get(item, 0)
+        if self.parts[row] & part:
             start, stop = self.spans[row]
-            return table["tokens"][start:stop]
+            return table[item][start:stop]
         return None
 
 
@@ -263,6 +268,18 @@ class FeatureStore:
     def tokens(self, text: str) -> np.ndarray:           # [Lq, Dt] fp16
         return self._array("text", text, "tokens")
 
+    def token_ids(self, text: str) -> np.ndarray | None:  # [Lq] int64, aligned with tokens(text)
+        """The tokenizer ids of a text's token features; None when the store holds none for it."""
+        if text_key(text) not in self._table.rows:
+            if text_key(text) not in self._texts:
+                raise KeyError(f"{self.path}: no text {text!r}")
+            return None  # a format-1 text: that layout had no ids
+        try:
+            ids = self._table.read_item(self._h5, text_key(text), "token_ids")
+        except OSError as err:
+            raise StoreError(f"{self.path}: {TEXT_TABLE}/token_ids is corrupt ({err})") from None
+        return None if ids is None else ids.astype(np.int64)
+
 
 class FeatureStoreWriter:
     """Append videos and texts to a store; reruns skip what is already there.
@@ -280,7 +297,9 @@ class FeatureStoreWriter:
         self._h5 = self._open_partial()
         self._videos = _complete_names(self._h5.get("videos"))
         self._texts = _complete_names(self._h5.get("texts"))  # format-1 groups
-        self._texts |= set(_TextRows.read(self._h5).rows)
+        table = _TextRows.read(self._h5)
+        self._texts |= set(table.rows)
+        self._texts_with_ids = {key for key, row in table.rows.items() if table.parts[row] & TOKEN_IDS_PART}
         self._drop_uncommitted_rows()
 
     def _open_partial(self) -> h5py.File:
@@ -288,6 +307,7 @@ class FeatureStoreWriter:
             try:
                 handle = _open_h5(self.partial, "a")
                 self._check_meta(handle, self.partial)
+                handle.attrs["meta"] = self.meta.to_json()  # fields a resumed run fixes (vocab_size)
                 return handle
             except StoreError as err:
                 if "built with other settings" in str(err):
@@ -315,8 +335,11 @@ class FeatureStoreWriter:
             table[name].resize(n, axis=0)
         if "sentence" in table:
             table["sentence"].resize(min(n, table["sentence"].shape[0]), axis=0)
+        token_rows = int(table["token_span"][n - 1, 1]) if n else 0
         if "tokens" in table:
-            table["tokens"].resize(int(table["token_span"][n - 1, 1]) if n else 0, axis=0)
+            table["tokens"].resize(token_rows, axis=0)
+        if "token_ids" in table:
+            table["token_ids"].resize(min(token_rows, table["token_ids"].shape[0]), axis=0)
 
     def _check_meta(self, handle: h5py.File, where: Path) -> None:
         stored = _read_meta(handle, where)
@@ -340,8 +363,9 @@ class FeatureStoreWriter:
     def has_video(self, vid: str) -> bool:
         return video_key(vid) in self._videos
 
-    def has_text(self, text: str) -> bool:
-        return text_key(text) in self._texts
+    def has_text(self, text: str, with_token_ids: bool = False) -> bool:
+        """Whether the text is stored (`with_token_ids`: together with its token ids)."""
+        return text_key(text) in (self._texts_with_ids if with_token_ids else self._texts)
 
     def _fix_dim(self, name: str, value: int) -> None:
         fixed = getattr(self.meta, name)
@@ -388,19 +412,22 @@ class FeatureStoreWriter:
         group.attrs["complete"] = True
         self._videos.add(video_key(vid))
 
-    def put_text(self, text: str, *, sentence: Any = None, tokens: Any = None) -> None:
-        """Store one text's sentence embedding [D] and/or token features [Lq, Dt] (no padding).
+    def put_text(self, text: str, *, sentence: Any = None, tokens: Any = None, token_ids: Any = None) -> None:
+        """Store one text's sentence embedding [D] and/or token features [Lq, Dt] (no padding),
+        optionally with the tokenizer's ids of those tokens [Lq].
 
         Many texts: `put_texts`, which costs one table append instead of one per text.
         """
         if sentence is None and tokens is None:
             raise ValueError(f"put_text({text!r}): give sentence and/or tokens")
         sentences = None if sentence is None else _as_numpy(sentence, 1, f"sentence of {text!r}")[None]
-        self.put_texts([text], sentences=sentences, tokens=None if tokens is None else [tokens])
+        self.put_texts([text], sentences=sentences, tokens=None if tokens is None else [tokens],
+                       token_ids=None if token_ids is None else [token_ids])
 
-    def put_texts(self, texts: Sequence[str], *, sentences: Any = None,
-                  tokens: Sequence[Any] | None = None) -> None:
-        """Store many texts at once: sentence embeddings [T, D] and/or token features, one [Lq_i, Dt] each.
+    def put_texts(self, texts: Sequence[str], *, sentences: Any = None, tokens: Sequence[Any] | None = None,
+                  token_ids: Sequence[Any] | None = None) -> None:
+        """Store many texts at once: sentence embeddings [T, D] and/or token features, one [Lq_i, Dt] each,
+        and optionally each text's token ids [Lq_i] (aligned with its token features).
 
         The rows count as written only once all their data is in the file (the table's `rows`).
         """
@@ -419,18 +446,44 @@ class FeatureStoreWriter:
             tokens = [_as_numpy(t, 2, f"tokens of {text!r}") for text, t in zip(texts, tokens)]
             for t in tokens:
                 self._fix_dim("token_dim", t.shape[1])
-        self._append_texts(list(texts), sentences, tokens)
-        self._texts.update(text_key(t) for t in texts)
+        if token_ids is not None:
+            token_ids = self._check_token_ids(texts, tokens, token_ids)
+        self._append_texts(list(texts), sentences, tokens, token_ids)
+        keys = {text_key(t) for t in texts}
+        self._texts |= keys
+        if token_ids is not None:
+            self._texts_with_ids |= keys
+        else:  # a rewrite without ids replaces the row that had them
+            self._texts_with_ids -= keys
+
+    def _check_token_ids(self, texts: Sequence[str], tokens: list[np.ndarray] | None,
+                         token_ids: Sequence[Any]) -> list[np.ndarray]:
+        """Token ids as int32 arrays, one per text, each as long as that text's token features."""
+        if tokens is None or len(token_ids) != len(texts):
+            raise ValueError(f"put_texts: token ids need token features, one id array per text "
+                             f"({len(texts)} texts, {len(token_ids)} id arrays)")
+        checked = []
+        for text, feats, ids in zip(texts, tokens, token_ids):
+            ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids)
+            if ids.shape != (feats.shape[0],) or not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(f"token ids of {text!r}: expected {feats.shape[0]} integers, got "
+                                 f"{ids.dtype} of shape {ids.shape}")
+            vocab = self.meta.vocab_size
+            if len(ids) and (ids.min() < 0 or (vocab and ids.max() >= vocab)):
+                raise ValueError(f"token ids of {text!r}: outside [0, {vocab or 'inf'})")
+            checked.append(ids.astype(np.int32))
+        return checked
 
     def _append_texts(self, texts: list[str], sentences: np.ndarray | None,
-                      tokens: list[np.ndarray] | None) -> None:
+                      tokens: list[np.ndarray] | None, token_ids: list[np.ndarray] | None) -> None:
         table = self._text_table()
         n, count = int(table.attrs["rows"]), len(texts)
         stop = n + count
         token_start = int(table["token_span"][n - 1, 1]) if n else 0
         lengths = np.array([t.shape[0] for t in tokens] if tokens is not None else [0] * count, dtype=np.int64)
         ends = token_start + np.cumsum(lengths)  # [T]
-        parts = (SENTENCE_PART if sentences is not None else 0) | (TOKENS_PART if tokens is not None else 0)
+        parts = ((SENTENCE_PART if sentences is not None else 0) | (TOKENS_PART if tokens is not None else 0)
+                 | (TOKEN_IDS_PART if token_ids is not None else 0))
         columns = {"key": np.array([text_key(t) for t in texts], dtype="S40"),
                    "text": np.array(texts, dtype=object),
                    "parts": np.full(count, parts, dtype=np.uint8),
@@ -444,6 +497,10 @@ class FeatureStoreWriter:
         if tokens is not None and int(lengths.sum()):
             column = self._column(table, "tokens", self.meta.token_dim, TOKEN_CHUNK_ROWS, int(ends[-1]))
             column[token_start:] = np.concatenate(tokens).astype(np.float16)
+        if token_ids is not None and int(lengths.sum()):
+            # Rows of texts stored without ids stay 0-filled; their parts bit says they have none.
+            column = self._column(table, "token_ids", 0, TOKEN_CHUNK_ROWS, int(ends[-1]), np.int32)
+            column[token_start:] = np.concatenate(token_ids)
         table.attrs["rows"] = stop  # commit: only now do the rows count as written
 
     def _text_table(self) -> h5py.Group:
@@ -458,11 +515,13 @@ class FeatureStoreWriter:
         return table
 
     @staticmethod
-    def _column(table: h5py.Group, name: str, dim: int, chunk_rows: int, rows: int) -> h5py.Dataset:
-        """The fp16 [rows, dim] dataset `name`, created (zero-filled) or grown to `rows` rows."""
+    def _column(table: h5py.Group, name: str, dim: int, chunk_rows: int, rows: int,
+                dtype: type = np.float16) -> h5py.Dataset:
+        """The [rows, dim] dataset `name` ([rows] when dim is 0), created (zero-filled) or grown to `rows` rows."""
         if name not in table:
-            table.create_dataset(name, shape=(0, dim), maxshape=(None, dim), dtype=np.float16,
-                                 chunks=(chunk_rows, dim), fillvalue=0)
+            row = (dim,) if dim else ()
+            table.create_dataset(name, shape=(0, *row), maxshape=(None, *row), dtype=dtype,
+                                 chunks=(chunk_rows, *row), fillvalue=0)
         column = table[name]
         column.resize(rows, axis=0)
         return column
@@ -567,6 +626,7 @@ def load_moment_samples(store_path: str | Path, moments_jsonl: str | Path,
             if r.vid not in clips_cache:
                 clips_cache[r.vid] = torch.from_numpy(store.clips(r.vid)).float()
             clip_feats = clips_cache[r.vid]  # [L, Dv]
+            token_ids = store.token_ids(r.query)  # [Lq] or None (a store written without ids)
             samples.append(MomentSample(
                 qid=r.qid, query=r.query, vid=r.vid, duration=r.duration, clip_len=clip_len,
                 clip_feats=clip_feats,
@@ -574,5 +634,6 @@ def load_moment_samples(store_path: str | Path, moments_jsonl: str | Path,
                 windows=[list(w) for w in r.relevant_windows],
                 saliency=saliency_target(clip_feats.shape[0], clip_len, r.relevant_windows,
                                          r.relevant_clip_ids, r.saliency_scores),
+                token_ids=None if token_ids is None else torch.from_numpy(token_ids),
             ))
     return samples

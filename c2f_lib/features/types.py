@@ -44,3 +44,5 @@ class MomentSample:
     token_feats: torch.Tensor      # [Lq, Dt] float32 per-token text features (padding removed)
     windows: list[list[float]]     # ground-truth [start, end] seconds, possibly several
     saliency: torch.Tensor | None = None  # [L] float32 per-clip saliency target, or None
+    token_ids: torch.Tensor | None = None  # [Lq] long tokenizer ids of token_feats' rows, or None
+                                           # (features stored without ids, e.g. released npz files)

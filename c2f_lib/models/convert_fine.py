@@ -11,11 +11,15 @@ Key renaming is rule based (reference name -> ours), from the reference code (QD
   `ca_v_proj`, `ca_qpos_sine_proj`, `cross_attn.out_proj`; `norm1..3`, FFN; plus the decoder's
   `ref_point_head`, `query_scale`, `ref_anchor_head`, `bbox_embed` MLPs and final `norm`;
 * heads and embeddings: `input_{vid,txt}_proj`, `span_embed`, `class_embed`, `saliency_proj{1,2}`,
-  `global_rep_{token,pos}`, `query_embed`, `ss_reconstructor.masked_sent_token`.
-Reference-only parts stay `unmapped`: the frozen text encoder, MESM's vocabulary MLM (`masked_token`,
-`unknown_token`, `output_txt_proj`, TACoS' second FFN `*_1`), the unused `ss_reconstructor.output_sent_proj`
-and QD's optional contrastive-alignment projections. Our own MLM head (feature regression) stays
-`uncovered`. Nothing is silently dropped: the caller gets both lists.
+  `global_rep_{token,pos}`, `query_embed`, `ss_reconstructor.masked_sent_token`;
+* MESM's masked-word branch: the [MASK] feature `masked_token` and the hidden layer of `output_txt_proj`
+  (`.0` = LinearLayer: LayerNorm, Linear, ReLU) -> `masked_word_token`, `mlm_vocab_head.{0,2}`.
+Reference-only parts stay `unmapped`: the frozen text encoder; MESM's word classifier `output_txt_proj.1`,
+whose K+3 classes are the dataset's K most frequent tokens plus unknown/start/end (ours: the tokenizer's
+ids), so even an equal shape would mean other words; `unknown_token` (every id is in our vocabulary);
+TACoS' second FFN `*_1`; the unused `ss_reconstructor.output_sent_proj` and QD's optional
+contrastive-alignment projections. Our word classifier (`mlm_vocab_head.4`) and feature-regression head
+(`mlm_head`) stay `uncovered`. Nothing is silently dropped: the caller gets both lists.
 """
 from __future__ import annotations
 
@@ -55,7 +59,12 @@ _MLP = re.compile(r"^(transformer\.decoder\.)?(ref_point_head|query_scale|ref_an
 _SAME = {"class_embed", "saliency_proj1", "saliency_proj2", "global_rep_token", "global_rep_pos", "query_embed"}
 _RENAMED = {"transformer.decoder.norm.weight": "decoder.norm.weight",
             "transformer.decoder.norm.bias": "decoder.norm.bias",
-            "ss_reconstructor.masked_sent_token": "masked_sent_token"}
+            "ss_reconstructor.masked_sent_token": "masked_sent_token",
+            "masked_token": "masked_word_token",
+            "output_txt_proj.0.LayerNorm.weight": "mlm_vocab_head.0.weight",
+            "output_txt_proj.0.LayerNorm.bias": "mlm_vocab_head.0.bias",
+            "output_txt_proj.0.net.1.weight": "mlm_vocab_head.2.weight",
+            "output_txt_proj.0.net.1.bias": "mlm_vocab_head.2.bias"}
 
 
 def _layer_part(module: str, parts: dict[str, str]) -> str | None:

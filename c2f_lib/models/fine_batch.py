@@ -19,11 +19,14 @@ class MomentBatch:
     spans: list[torch.Tensor]    # B x [n_i, 2] normalised (center, width) GT windows
     vids: list[str]
     durations: list[float]
+    token_ids: torch.Tensor | None = None  # [B, Lq] long tokenizer ids (0 at padding); None unless every
+                                           # sample carries them (MESM then falls back to feature targets)
 
     def to(self, device: str | torch.device) -> "MomentBatch":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return MomentBatch(move(self.video), move(self.video_mask), move(self.text), move(self.text_mask),
-                           move(self.saliency), [move(s) for s in self.spans], self.vids, self.durations)
+                           move(self.saliency), [move(s) for s in self.spans], self.vids, self.durations,
+                           None if self.token_ids is None else move(self.token_ids))
 
     def window_clip_mask(self) -> torch.Tensor:
         """[B, L] bool: clips whose centre lies inside any GT window."""
@@ -64,4 +67,17 @@ def collate_moments(samples: list[MomentSample]) -> MomentBatch:
             t = (torch.arange(s.clip_feats.shape[0]) + 0.5) * s.clip_len
             saliency[i, : len(t)] = torch.stack([(t >= a) & (t <= b) for a, b in s.windows]).any(0).float()
     return MomentBatch(video, video_mask, text, text_mask, saliency, spans,
-                       [s.vid for s in samples], [float(s.duration) for s in samples])
+                       [s.vid for s in samples], [float(s.duration) for s in samples], _token_ids(samples, text_mask))
+
+
+def _token_ids(samples: list[MomentSample], text_mask: torch.Tensor) -> torch.Tensor | None:
+    """[B, Lq] padded token ids, or None when any sample lacks them (a batch has one kind of MLM target)."""
+    if any(s.token_ids is None for s in samples):
+        return None
+    ids = torch.zeros(text_mask.shape, dtype=torch.long)
+    for i, s in enumerate(samples):
+        if s.token_ids.shape != (s.token_feats.shape[0],):
+            raise ValueError(f"sample {s.qid!r}: {tuple(s.token_ids.shape)} token ids for "
+                             f"{s.token_feats.shape[0]} token features")
+        ids[i, : len(s.token_ids)] = s.token_ids
+    return ids

@@ -114,10 +114,30 @@ def saliency_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> torch.Te
     return w.saliency * (total + rank_contrastive(scores, labels, mask, w.rank_tau, w.rank_coef))
 
 
-def masked_word_loss(out: dict, batch: MomentBatch) -> torch.Tensor:
-    """1 - cosine between reconstructed and original features of the masked words."""
+def masked_word_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> torch.Tensor:
+    """MESM's CE over the vocabulary when the model classified the words, else the feature fallback."""
+    if "mlm_logits" in out:
+        return masked_word_ce(out["mlm_logits"], out["mlm_mask"], batch, w)
     masked = out["mlm_mask"]
+    if not masked.any():
+        return out["mlm_pred"].sum() * 0
+    # No token ids: 1 - cosine between reconstructed and original features of the masked words.
     return (1 - F.cosine_similarity(out["mlm_pred"][masked].float(), batch.text[masked].float(), dim=-1)).mean()
+
+
+def masked_word_ce(logits, masked, batch: MomentBatch, w: FineLossWeights) -> torch.Tensor:
+    """Label-smoothed CE of logits [N, V] (one row per valid token) against the token ids; averaged per
+    sentence over its valid tokens (MESM's `cal_nll_loss`) or its masked ones (`rec_fw_tokens`), then
+    over sentences."""
+    valid = batch.text_mask                                                          # [B, Lq]
+    loss = F.cross_entropy(logits.float(), batch.token_ids[valid], reduction="none",
+                           label_smoothing=w.rec_fw_smoothing)                       # [N]
+    counted = (masked[valid] if w.rec_fw_tokens == "masked" else torch.ones_like(loss, dtype=torch.bool)).float()
+    sentence = valid.nonzero()[:, 0]                                                 # row -> sentence
+    total = loss.new_zeros(len(valid)).index_add(0, sentence, loss * counted)
+    count = loss.new_zeros(len(valid)).index_add(0, sentence, counted)
+    has = count > 0
+    return (total[has] / count[has]).mean() if has.any() else logits.sum() * 0
 
 
 def segment_sentence_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> torch.Tensor:
@@ -141,8 +161,8 @@ def fine_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> dict[str, to
                                                                  batch.spans, w).items()})
     if w.saliency > 0:
         terms["saliency"] = saliency_loss(out, batch, w)
-    if w.rec_fw > 0 and "mlm_pred" in out:
-        terms["rec_fw"] = w.rec_fw * masked_word_loss(out, batch)
+    if w.rec_fw > 0 and "mlm_mask" in out:
+        terms["rec_fw"] = w.rec_fw * masked_word_loss(out, batch, w)
     if w.rec_ss > 0 and "ss_segment" in out:
         terms["rec_ss"] = w.rec_ss * segment_sentence_loss(out, batch, w)
     terms["total"] = sum(terms.values())

@@ -2,8 +2,15 @@
 
 * FW-MESM (`use_fw`): frames attend to the words before the T2V layers. The same layers, with roles
   swapped, reconstruct masked words from the frames inside the GT segment (training only).
-  Our features carry no token ids, so the target is the masked word's *feature* (cosine loss)
-  instead of a vocabulary class (MESM's CE over the top-K CLIP tokens).
+  max(floor(l * mask_fraction), 1) of a sentence's l tokens are replaced by a learned [MASK] feature
+  (projected like the words); SOT and EOT, the first and last token, are never masked (MESM gives them
+  POS weight 0). With token ids in the batch (`mlm_over_vocab`, the default) a LayerNorm-Linear-ReLU-
+  Linear head classifies every token over the tokenizer's vocabulary (label-smoothed CE, fine_losses).
+  Without ids (released npz features) the head regresses the masked words' features instead.
+  Differences from the reference: the classes are the tokenizer's ids (`vocab_size`, the whole
+  vocabulary), not MESM's top-K frequent tokens + unknown/start/end, so no [UNK] replacement is
+  needed; masked words are drawn uniformly, not weighted 2:1 for nouns/verbs/adjectives/adverbs
+  by an NLTK POS tagger.
 * SS-MESM (`use_ss`): a learned [MASK] sentence token cross-attends to the video; the result r_i is
   prepended to the words as a context token and trained contrastively against GT segments.
 
@@ -39,10 +46,18 @@ class MESMConfig(QDDETRConfig):
     ss_layers: int = 4
     context: str = "self"
     mask_fraction: float = 1 / 3      # words masked per sentence: max(floor(l * fraction), 1)
+    # Masked-word targets: classes over the tokenizer's vocabulary when the batch carries token ids
+    # (MESM); False, or a batch without ids: the masked words' features are regressed.
+    mlm_over_vocab: bool = True
+    # Classes of that head. 49408 = CLIP's BPE, the tokenizer of every backbone here (open_clip,
+    # transformers CLIP, tinyclip); a feature store records its own in meta.vocab_size.
+    vocab_size: int = 49408
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXT_MODES:
             raise ValueError(f"MESMConfig.context must be one of {CONTEXT_MODES}, got {self.context!r}")
+        if self.mlm_over_vocab and self.vocab_size < 1:
+            raise ValueError(f"MESMConfig.vocab_size must be positive with mlm_over_vocab, got {self.vocab_size}")
 
 
 def group_key(vid: str) -> str:
@@ -63,8 +78,11 @@ class MESM(QDDETR):
         block = (d, cfg.n_heads, cfg.ffn_dim, cfg.dropout)
         if cfg.use_fw:
             self.enhance_encoder = nn.ModuleList(CrossAttentionLayer(*block) for _ in range(cfg.fw_layers))
-            self.masked_word_token = nn.Parameter(torch.zeros(d))
-            self.mlm_head = MLP(d, d, cfg.text_dim, 2)
+            self.masked_word_token = nn.Parameter(torch.zeros(cfg.text_dim))   # a token feature, projected
+            self.mlm_head = MLP(d, d, cfg.text_dim, 2)                         # feature targets (no ids)
+            if cfg.mlm_over_vocab:                                             # MESM's `output_txt_proj`
+                self.mlm_vocab_head = nn.Sequential(nn.LayerNorm(d), nn.Dropout(cfg.input_dropout),
+                                                    nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.vocab_size))
         if cfg.use_ss:
             self.ss_layers = nn.ModuleList(CrossAttentionLayer(*block) for _ in range(cfg.ss_layers))
             self.masked_sent_token = nn.Parameter(torch.zeros(d))
@@ -78,21 +96,34 @@ class MESM(QDDETR):
             video = layer(video, words, words_mask, pos_q=pos)
         return video
 
+    def mask_words(self, text_mask: torch.Tensor) -> torch.Tensor:
+        """[B, Lq] valid tokens -> [B, Lq] the masked ones: max(floor(l * fraction), 1) of a sentence's
+        l tokens, drawn uniformly among all but its first and last (SOT/EOT)."""
+        masked = torch.zeros_like(text_mask)
+        for b, n in enumerate(text_mask.sum(1).tolist()):
+            k = min(max(int(n * self.cfg.mask_fraction), 1), n - 2)
+            if k > 0:
+                masked[b, 1 + torch.randperm(n - 2, device=masked.device)[:k]] = True
+        return masked
+
     def extra_outputs(self, batch: MomentBatch, video, pos, words, out: dict) -> None:
         if not self.cfg.use_fw:
             return
-        lengths = batch.text_mask.sum(1).tolist()
-        masked = torch.zeros_like(batch.text_mask)                 # [B, Lq]
-        for b, n in enumerate(lengths):
-            k = max(int(n * self.cfg.mask_fraction), 1)
-            masked[b, torch.randperm(n, device=masked.device)[:k]] = True
-        x = torch.where(masked[..., None], self.masked_word_token.to(words.dtype), words)
+        masked = self.mask_words(batch.text_mask)                                    # [B, Lq]
+        x = torch.where(masked[..., None], self.input_txt_proj(self.masked_word_token.to(words.dtype)), words)
         segment = batch.window_clip_mask()
         segment = torch.where(segment.any(1, keepdim=True), segment, batch.video_mask)
         for layer in self.enhance_encoder:                         # words attend to GT-segment frames
             x = layer(x, video, segment, pos_k=pos)
-        out["mlm_pred"] = self.mlm_head(x)                         # [B, Lq, Dt]
         out["mlm_mask"] = masked
+        ids = batch.token_ids
+        if not (self.cfg.mlm_over_vocab and ids is not None):
+            out["mlm_pred"] = self.mlm_head(x)                                       # [B, Lq, Dt]
+            return
+        if int(ids.max()) >= self.cfg.vocab_size:
+            raise ValueError(f"token id {int(ids.max())} >= MESMConfig.vocab_size {self.cfg.vocab_size}: "
+                             f"set vocab_size to the feature store's meta.vocab_size")
+        out["mlm_logits"] = self.mlm_vocab_head(x[batch.text_mask])                  # [N valid tokens, V]
 
     # ---------------------------------------------------------------- SS-MESM
     def context_keys(self, batch: MomentBatch, video: torch.Tensor):
