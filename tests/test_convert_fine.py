@@ -238,7 +238,10 @@ def test_mesm_masked_word_branch_lands_and_classifier_stays_reference_only():
     torch.manual_seed(0)
     shapes, _ = reference_shapes("mesm")
     reference = {k: torch.randn(s) for k, s in shapes.items()}
+    compact = build_model("mesm", {**SMALL, "word_vocab": list(range(1113))})   # 1113 words + unknown
     model = build_model("mesm", {**SMALL, "vocab_size": 1114})               # same shape as output_txt_proj.1
+    assert compact.mlm_vocab_head[4].out_features == model.mlm_vocab_head[4].out_features == 1114
+    assert "output_txt_proj.1.weight" in convert_state_dict(reference, compact)[1]
     converted, unmapped, uncovered = convert_state_dict(reference, model)
     assert torch.equal(converted["masked_word_token"], reference["masked_token"])
     assert torch.equal(converted["mlm_vocab_head.0.weight"], reference["output_txt_proj.0.LayerNorm.weight"])

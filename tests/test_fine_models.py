@@ -11,7 +11,7 @@ from c2f_lib.models.fine_batch import collate_moments
 from c2f_lib.models.fine_losses import fine_loss, hinge_saliency, masked_word_loss, rank_contrastive, saliency_pairs
 from c2f_lib.models.fine_presets import loss_preset
 from c2f_lib.models.matcher import hungarian_match
-from c2f_lib.models.mesm import group_key
+from c2f_lib.models.mesm import build_word_vocab, group_key
 from c2f_lib.models.registry import build_model, load_model, save_model
 from c2f_lib.models.span_utils import postprocess_windows, se_to_cw, temporal_nms
 
@@ -201,6 +201,52 @@ def test_mesm_classifies_masked_words_over_the_vocabulary_when_ids_exist(tokens)
     # the CE rewards the right ids: logits that put their mass on the targets give a lower loss
     right = torch.nn.functional.one_hot(ids, VOCAB).float() * 20
     assert masked_word_loss({**out, "mlm_logits": right}, batch, w) < masked_word_loss(out, batch, w)
+
+
+def test_build_word_vocab_ranks_ids_by_frequency_ties_by_id():
+    def sample(ids):
+        return MomentSample(qid=0, query="q", vid="v", duration=4.0, clip_len=2.0, clip_feats=torch.zeros(2, 16),
+                            token_feats=torch.zeros(len(ids), 12), windows=[[0.0, 2.0]], token_ids=torch.tensor(ids))
+    samples = [sample([1, 9, 4, 9, 2]), sample([1, 4, 9, 7, 2]), sample([1, 5, 2])]
+    samples.append(MomentSample(**{**vars(samples[0]), "token_ids": None}))     # a sample without ids is skipped
+    # counts: 9 x3, 1 x3, 2 x3, 4 x2, 5 x1, 7 x1
+    assert build_word_vocab(samples, 100) == [1, 2, 9, 4, 5, 7]
+    assert build_word_vocab(samples, 4) == [1, 2, 9, 4]
+    assert build_word_vocab(samples[3:], 4) == [] and build_word_vocab(samples, 0) == []
+
+
+def test_mesm_compact_word_classes_map_ids_and_drive_the_loss(tmp_path):
+    """word_vocab [7, 3, 12]: ids 7, 3, 12 are classes 0, 1, 2; every other id is the unknown class 3."""
+    torch.manual_seed(0)
+    vocab = [7, 3, 12]
+    model = build_model("mesm", {**SMALL, "vocab_size": VOCAB, "word_vocab": vocab}).train()
+    table = model.word_class
+    assert table.shape == (VOCAB,) and table[[7, 3, 12]].tolist() == [0, 1, 2]
+    assert (table[[i for i in range(VOCAB) if i not in vocab]] == 3).all()
+    batch = collate_moments(make_samples(ids=True))
+    batch.token_ids[0, :3] = torch.tensor([7, 3, 12])                    # frequent ids are present
+    out = model(batch)
+    assert out["mlm_logits"].shape == (int(batch.text_mask.sum()), len(vocab) + 1)
+    ids, valid = batch.token_ids[batch.text_mask], batch.text_mask
+    classes = torch.tensor([vocab.index(i) if i in vocab else len(vocab) for i in ids.tolist()])
+    assert (classes < 3).sum() >= 3 and (classes == 3).any()
+    w = loss_preset("mesm_qvhighlights")
+    rows = valid.nonzero()[:, 0]
+    want = _smoothed_ce_per_sentence(out["mlm_logits"].detach().float(), classes, [rows == b for b in range(len(valid))])
+    torch.testing.assert_close(fine_loss(out, batch, w)["rec_fw"].detach(), w.rec_fw * want)
+    def peaked(c):                                                       # logits with their mass on classes c
+        return {**out, "mlm_logits": torch.nn.functional.one_hot(c, len(vocab) + 1).float() * 20}
+    assert masked_word_loss(peaked(classes), batch, w) < masked_word_loss(peaked((classes + 1) % 4), batch, w) - 10
+    # checkpoint round trip: the classes come back from the config; the table is not in the state dict
+    assert "word_class" not in model.state_dict()
+    save_model(tmp_path / "m.pt", model)
+    again, _ = load_model(tmp_path / "m.pt")
+    assert again.cfg.word_vocab == vocab and torch.equal(again.word_class, table)
+    assert again.mlm_vocab_head[4].weight.shape == (len(vocab) + 1, SMALL["hidden_dim"])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in again.state_dict().items())
+    for bad in ([3, 3], [VOCAB]):
+        with pytest.raises(ValueError, match="word_vocab"):
+            build_model("mesm", {**SMALL, "vocab_size": VOCAB, "word_vocab": bad})
 
 
 def test_mesm_falls_back_to_feature_regression_without_ids():

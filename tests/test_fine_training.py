@@ -90,3 +90,26 @@ def test_mesm_trains_its_vocabulary_head_when_samples_carry_token_ids(tmp_path):
     after = model.state_dict()
     assert not torch.equal(after["mlm_vocab_head.4.weight"], before["mlm_vocab_head.4.weight"])    # CE trained
     assert all(torch.equal(after[k], before[k]) for k in before if k.startswith("mlm_head."))  # no regression
+
+
+def test_train_or_load_gives_mesm_the_compact_classes_of_the_train_captions(tmp_path):
+    from c2f_lib.models.mesm import build_word_vocab
+    from c2f_lib.models.registry import load_model
+    from c2f_lib.training.fine import train_or_load, with_word_vocab
+    from test_fine_models import VOCAB
+
+    train, val = make_samples(8, seed=1, ids=True), make_samples(4, seed=2, ids=True)
+    config = {**SMALL, "vocab_size": VOCAB, "mlm_words": 5}
+    vocab = build_word_vocab(train, 5)
+    assert len(vocab) == 5 and vocab != build_word_vocab(val, 5)         # built from train, not val
+    assert with_word_vocab("mesm", config, train)["word_vocab"] == vocab
+    assert "word_vocab" not in with_word_vocab("mesm", {**config, "mlm_words": 0}, train)   # full vocabulary
+    assert "word_vocab" not in with_word_vocab("mesm", config, make_samples(8))             # no ids: features
+    assert "word_vocab" not in with_word_vocab("qd_detr", SMALL, train)
+    model, compact = train_or_load("mesm", config, train, val, _cfg(epochs=1), tmp_path / "compact.pt")
+    assert model.cfg.word_vocab == vocab and model.mlm_vocab_head[4].out_features == 6
+    reloaded, _ = load_model(tmp_path / "compact.pt")
+    assert reloaded.cfg.word_vocab == vocab and torch.equal(reloaded.word_class, model.word_class)
+    _, full = train_or_load("mesm", {**config, "mlm_words": 0}, train, val, _cfg(epochs=1), tmp_path / "full.pt")
+    assert full["made_from"] != compact["made_from"]
+    assert load_model(tmp_path / "full.pt")[0].mlm_vocab_head[4].out_features == VOCAB

@@ -15,8 +15,9 @@ Key renaming is rule based (reference name -> ours), from the reference code (QD
 * MESM's masked-word branch: the [MASK] feature `masked_token` and the hidden layer of `output_txt_proj`
   (`.0` = LinearLayer: LayerNorm, Linear, ReLU) -> `masked_word_token`, `mlm_vocab_head.{0,2}`.
 Reference-only parts stay `unmapped`: the frozen text encoder; MESM's word classifier `output_txt_proj.1`,
-whose K+3 classes are the dataset's K most frequent tokens plus unknown/start/end (ours: the tokenizer's
-ids), so even an equal shape would mean other words; `unknown_token` (every id is in our vocabulary);
+whose K+3 rows follow MESM's own class order (its train+test frequency table of words, plus unknown/start/
+end) while ours follow `word_vocab` (token ids ranked on our training captions, + unknown; or the whole
+vocabulary), so even an equal shape would mean other words; `unknown_token` (we keep an unknown word's feature);
 TACoS' second FFN `*_1`; the unused `ss_reconstructor.output_sent_proj` and QD's optional
 contrastive-alignment projections. Our word classifier (`mlm_vocab_head.4`) and feature-regression head
 (`mlm_head`) stay `uncovered`. Nothing is silently dropped: the caller gets both lists.

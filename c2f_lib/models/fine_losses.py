@@ -115,9 +115,10 @@ def saliency_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> torch.Te
 
 
 def masked_word_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> torch.Tensor:
-    """MESM's CE over the vocabulary when the model classified the words, else the feature fallback."""
+    """MESM's CE over its word classes when the model classified the words, else the feature fallback."""
     if "mlm_logits" in out:
-        return masked_word_ce(out["mlm_logits"], out["mlm_mask"], batch, w)
+        targets = out["mlm_word_class"][batch.token_ids[batch.text_mask]]            # [N] ids -> classes
+        return masked_word_ce(out["mlm_logits"], targets, out["mlm_mask"], batch, w)
     masked = out["mlm_mask"]
     if not masked.any():
         return out["mlm_pred"].sum() * 0
@@ -125,12 +126,12 @@ def masked_word_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> torch
     return (1 - F.cosine_similarity(out["mlm_pred"][masked].float(), batch.text[masked].float(), dim=-1)).mean()
 
 
-def masked_word_ce(logits, masked, batch: MomentBatch, w: FineLossWeights) -> torch.Tensor:
-    """Label-smoothed CE of logits [N, V] (one row per valid token) against the token ids; averaged per
-    sentence over its valid tokens (MESM's `cal_nll_loss`) or its masked ones (`rec_fw_tokens`), then
-    over sentences."""
+def masked_word_ce(logits, targets, masked, batch: MomentBatch, w: FineLossWeights) -> torch.Tensor:
+    """Label-smoothed CE of logits [N, C] (one row per valid token) against class indices [N]; averaged
+    per sentence over its valid tokens (MESM's `cal_nll_loss`) or its masked ones (`rec_fw_tokens`),
+    then over sentences."""
     valid = batch.text_mask                                                          # [B, Lq]
-    loss = F.cross_entropy(logits.float(), batch.token_ids[valid], reduction="none",
+    loss = F.cross_entropy(logits.float(), targets, reduction="none",
                            label_smoothing=w.rec_fw_smoothing)                       # [N]
     counted = (masked[valid] if w.rec_fw_tokens == "masked" else torch.ones_like(loss, dtype=torch.bool)).float()
     sentence = valid.nonzero()[:, 0]                                                 # row -> sentence

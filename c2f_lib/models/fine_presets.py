@@ -18,7 +18,7 @@ class FineLossWeights:
     rank_coef: float = 12.0       # rank-contrastive sum divided by this
     rank_tau: float = 0.5
     rec_fw: float = 0.0           # MESM masked-word reconstruction
-    rec_fw_smoothing: float = 0.1  # label smoothing of its CE over the vocabulary (MESM's eps)
+    rec_fw_smoothing: float = 0.1  # label smoothing of its CE over the word classes (MESM's eps)
     rec_fw_tokens: str = "valid"  # CE averaged over every "valid" token (MESM's code) or the "masked" ones only
     rec_ss: float = 0.0           # MESM segment-sentence contrastive
     ss_tau: float = 0.5

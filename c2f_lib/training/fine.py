@@ -18,12 +18,14 @@ from c2f_lib.features.types import MomentSample
 from c2f_lib.models.fine_batch import MomentBatch, collate_moments
 from c2f_lib.models.fine_losses import fine_loss
 from c2f_lib.models.fine_presets import loss_preset
+from c2f_lib.models.mesm import MESMConfig, build_word_vocab
 from c2f_lib.models.registry import load_model, save_model
 from c2f_lib.progress import progress
 from c2f_lib.training.distributed import init_from_env, local_slice, mean_over_ranks, rank_and_world
 from c2f_lib.utils import atomic_path, atomic_write_json, resolve_device, seed_everything
 
-__all__ = ["FineTrainConfig", "train_fine", "collate_moments", "samples_to_ground_truth", "evaluate_model"]
+__all__ = ["FineTrainConfig", "train_fine", "train_or_load", "with_word_vocab", "collate_moments",
+           "samples_to_ground_truth", "evaluate_model"]
 
 SELECT_METRICS = ("MR-full-mAP", "MR-full-R1@0.5", "mIoU")
 
@@ -136,6 +138,19 @@ def train_fine(model: nn.Module, train_samples: list[MomentSample], val_samples:
     return best_model, summary
 
 
+def with_word_vocab(name: str, model_config: dict, train_samples: list[MomentSample]) -> dict:
+    """`model_config` plus MESM's compact word classes, the `mlm_words` most frequent token ids of the
+    training captions, when MESM classifies words over a vocabulary and the config names none (built
+    before the fingerprint, so a checkpoint is reused only with the same classes)."""
+    if name != "mesm" or model_config.get("word_vocab") is not None:
+        return model_config
+    cfg = MESMConfig(**model_config)
+    if not (cfg.use_fw and cfg.mlm_over_vocab and cfg.mlm_words > 0):
+        return model_config
+    vocab = build_word_vocab(train_samples, cfg.mlm_words)
+    return {**model_config, "word_vocab": vocab} if vocab else model_config   # no ids: feature targets
+
+
 def train_or_load(name: str, model_config: dict, train_samples: list[MomentSample],
                   val_samples: list[MomentSample], cfg: FineTrainConfig, ckpt_path: str | Path
                   ) -> tuple[nn.Module, dict]:
@@ -143,11 +158,11 @@ def train_or_load(name: str, model_config: dict, train_samples: list[MomentSampl
 
     Returns (model in eval mode, extra) where extra holds the training summary.
     """
-    import c2f_lib.models.mesm  # noqa: F401  (registers qd_detr and mesm)
-    import c2f_lib.models.moment_detr  # noqa: F401
+    import c2f_lib.models.moment_detr  # noqa: F401  (registers moment_detr; mesm is imported above)
     from c2f_lib.models.registry import build_model, claim_work_dir, fingerprint, load_if_reusable
 
     ckpt_path = Path(ckpt_path)
+    model_config = with_word_vocab(name, model_config, train_samples)
     made_from = fingerprint(name, model_config, dataclasses.asdict(cfg),
                             [s.qid for s in train_samples], [s.qid for s in val_samples])
     loaded = load_if_reusable(ckpt_path, made_from)
