@@ -113,3 +113,39 @@ def test_train_or_load_gives_mesm_the_compact_classes_of_the_train_captions(tmp_
     _, full = train_or_load("mesm", {**config, "mlm_words": 0}, train, val, _cfg(epochs=1), tmp_path / "full.pt")
     assert full["made_from"] != compact["made_from"]
     assert load_model(tmp_path / "full.pt")[0].mlm_vocab_head[4].out_features == VOCAB
+
+
+@pytest.mark.parametrize("name, preset", [("qd_detr", "qd_detr"), ("moment_detr", "moment_detr")])
+def test_models_fit_a_small_batch(name, preset):
+    """Spans, matcher and losses pull the best query onto each ground-truth window of 8 samples.
+
+    A check of the whole training path, not of generalisation: on held-out data the models do
+    not beat the window prior yet at CPU budgets (their decoder queries stay alike; README status).
+    """
+    from c2f_lib.evaluation.moments import evaluate_moments
+    from c2f_lib.evaluation.window_prior import WindowPrior
+    from c2f_lib.models.fine_batch import collate_moments
+    from c2f_lib.models.fine_losses import fine_loss
+    from c2f_lib.models.fine_presets import loss_preset
+    from c2f_lib.training.fine import samples_to_ground_truth
+
+    torch.manual_seed(0)
+    samples = make_samples(8, seed=3)
+    for i, s in enumerate(samples):  # windows at different places, so one fixed span cannot fit them
+        start = 2.0 * (i % (len(s.clip_feats) - 3))
+        s.windows = [[start, start + 4.0]]
+    model = build_model(name, {**SMALL, "input_dropout": 0.0, "dropout": 0.0}).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = collate_moments(samples)
+    first = None
+    for _ in range(200):
+        loss = fine_loss(model(batch), batch, loss_preset(preset))["total"]
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.3 * first
+    gts = samples_to_ground_truth(samples)
+    fitted = evaluate_moments(model.eval().predict(samples, top_k=10), gts)["brief"]["MR-full-mAP"]
+    prior = evaluate_moments(WindowPrior.fit(samples).predict(samples), gts)["brief"]["MR-full-mAP"]
+    assert fitted > prior + 10.0, (fitted, prior)  # measured: QD-DETR 55.5, Moment-DETR 100, prior 35.2
