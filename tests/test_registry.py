@@ -50,6 +50,8 @@ def test_only_a_checkpoint_made_from_the_same_inputs_is_reused(tmp_path, capsys)
 
     made_from = fingerprint("toy_for_tests", {"dim": 3}, ["v1", "v2"])
     assert made_from != fingerprint("toy_for_tests", {"dim": 3}, ["v1", "v3"])
+    assert fingerprint({"lr": 1, "device": "cpu"}) == fingerprint({"lr": 1, "device": "auto"})  # where, not what
+    assert fingerprint({"lr": 1, "device": "cpu"}) != fingerprint({"lr": 2, "device": "cpu"})
     path = tmp_path / "toy.pt"
     assert load_if_reusable(path, made_from) is None                       # nothing there yet
     save_model(path, build_model("toy_for_tests", {"dim": 3}), extra={"made_from": made_from})

@@ -79,10 +79,23 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, 
     return model.eval(), payload.get("extra", {})
 
 
+# Config keys that say where training runs, not what it makes: left out of fingerprints, so a
+# checkpoint trained with device="auto" is reused by a run that asks for "cpu".
+RUNTIME_KEYS = frozenset({"device"})
+
+
 def fingerprint(*parts: Any) -> str:
     """Short hash of what a checkpoint was made from (model, configs, training data ids)."""
-    payload = json.dumps(parts, sort_keys=True, default=str)
+    payload = json.dumps(_without_runtime_keys(parts), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _without_runtime_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_runtime_keys(v) for k, v in value.items() if k not in RUNTIME_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_without_runtime_keys(v) for v in value]
+    return value
 
 
 def load_if_reusable(path: str | Path, made_from: str) -> tuple[nn.Module, dict[str, Any]] | None:
