@@ -145,15 +145,18 @@ class StoreTextEncoder:
                            f"knows the texts it was built with (use a backbone text encoder)")
         return store
 
+    def _read(self, texts: list[str], with_tokens: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        with self._open(texts) as store:
+            sentence = torch.stack([torch.from_numpy(store.sentence(t)).float() for t in texts])  # [T, D]
+            tokens = [torch.from_numpy(store.tokens(t)).float() for t in texts] if with_tokens else None
+        return sentence, tokens
+
     def sentences(self, texts: list[str]) -> torch.Tensor:
         """[T, D] sentence embeddings only (captions are stored without token features)."""
-        with self._open(texts) as store:
-            return torch.stack([torch.from_numpy(store.sentence(t)).float() for t in texts])
+        return self._read(texts, with_tokens=False)[0]
 
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        with self._open(texts) as store:
-            tokens = [torch.from_numpy(store.tokens(t)).float() for t in texts]
-        return self.sentences(texts), tokens
+        return self._read(texts, with_tokens=True)
 
 
 class BackboneTextEncoder:
