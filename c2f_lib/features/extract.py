@@ -2,8 +2,8 @@
 
 Videos are decoded by a DataLoader (parallel workers on a GPU box, in-process on a laptop), encoded
 by the backbone, and written one video group at a time; texts (moment queries and video captions
-of every split) get a sentence embedding and per-token features with their tokenizer ids. A video that cannot be decoded
-is recorded in `<store>.failures.json` with the reason, and extraction goes on.
+of every split) get a sentence embedding and per-token features with their tokenizer ids. A video
+that cannot be decoded is recorded in `<store>.failures.json` with the reason, and extraction goes on.
 
 `extract_videos` is the video half on its own, for any set of files (`c2f index DIR` uses it on a
 folder of the user's videos).

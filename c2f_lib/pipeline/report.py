@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from c2f_lib.evaluation.fine_summary import best_val
 from c2f_lib.evaluation.vcmr import evaluate_vcmr, iou_of_top1
 from c2f_lib.models.registry import load_model
 from c2f_lib.paths import RunPaths
@@ -77,7 +78,7 @@ def _pick(scores: dict[str, dict], source: str) -> FineChoice | None:
 
 
 def _checkpoint_val(path: Path) -> dict:
-    return load_model(path)[1].get("summary", {}).get("best_val") or {}
+    return best_val(load_model(path)[1])
 
 
 def _fine_scores(fine: dict[str, Path], stage05: dict | None) -> Iterator[tuple[str, dict[str, dict | None]]]:
