@@ -37,3 +37,21 @@ def test_predictor_long_video(tmp_path):
     assert all(0 <= s < e <= feats.duration + 1e-6 for s, e, _ in out["windows"])
     with pytest.raises(ValueError, match="empty query"):
         predictor.predict("  ", feats)
+
+
+def test_predictor_adds_the_motion_descriptor(tmp_path):
+    from c2f_lib.features.decode import sample_video
+    from c2f_lib.features.extract import encode_clips
+    from c2f_lib.features.motion import MotionConfig
+
+    path = write_numbered_video(tmp_path / "short.mp4", num_frames=24, fps=4.0, size=32)    # 6 s, frames change
+    motion = MotionConfig()
+    model = build_model("qd_detr", {**SMALL, "video_dim": 16 + motion.dim})
+    predictor = MomentPredictor(model, FakeBackbone(), clip_len=2.0, frames_per_clip=4, motion=motion)
+    feats = predictor.encode_video(path)
+    video = sample_video(path, num_frames=1, clip_len=2.0, frames_per_clip=4)
+    clips, descriptor = encode_clips(FakeBackbone(), video.clip_frames, motion)
+    assert feats.clip_feats.shape == (3, 16 + motion.dim)
+    assert torch.equal(feats.clip_feats, torch.cat([clips, torch.from_numpy(descriptor)], 1))
+    assert descriptor.any()                    # the numbered frames change inside every clip
+    assert len(predictor.predict("a person opens the door", feats, top_k=2)["windows"]) == 2

@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--splits", nargs="*", default=None, help="only these splits (default: all)")
     parser.add_argument("--num-frames", type=int, default=12)
     parser.add_argument("--clip-len", type=float, default=2.0)
-    parser.add_argument("--frames-per-clip", type=int, default=1)
+    parser.add_argument("--frames-per-clip", type=int, default=1, help="frames averaged per clip")
+    parser.add_argument("--motion", action="store_true",
+                        help="also store each clip's colour-motion descriptor (needs --frames-per-clip >= 2)")
     parser.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
     parser.add_argument("--workers", type=int, default=0, help="decoding processes")
     parser.add_argument("--device", default="auto")
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from c2f_lib.features.backbones import load_backbone
     from c2f_lib.features.extract import ExtractConfig, extract_dataset
+    from c2f_lib.features.motion import MotionConfig
     from c2f_lib.utils import resolve_device
 
     try:
@@ -35,8 +38,8 @@ def main(args: argparse.Namespace) -> int:
         backbone = load_backbone(args.backbone, device=device, precision=args.precision,
                                  dataset_dir=args.dataset_dir)
         cfg = ExtractConfig(num_frames=args.num_frames, clip_len=args.clip_len,
-                            frames_per_clip=args.frames_per_clip, backend=args.decoder,
-                            num_workers=args.workers)
+                            frames_per_clip=args.frames_per_clip, motion=MotionConfig() if args.motion else None,
+                            backend=args.decoder, num_workers=args.workers)
         summary = extract_dataset(args.dataset_dir, backbone, args.out, cfg, splits=args.splits,
                                   video_dir=args.video_dir)
     except (FileNotFoundError, ValueError, StoreError, VideoDecodeError) as err:

@@ -20,6 +20,7 @@ import torch
 from c2f_lib.data.schema import read_captions, read_moments
 from c2f_lib.features.backbones import Backbone
 from c2f_lib.features.decode import SampledVideo, VideoDecodeError, sample_video
+from c2f_lib.features.motion import MotionConfig, motion_features
 from c2f_lib.features.store import FeatureStoreWriter, StoreMeta, failures_path, read_failures
 from c2f_lib.progress import progress
 from c2f_lib.utils import atomic_write_json
@@ -32,9 +33,14 @@ class ExtractConfig:
     num_frames: int = 12          # "frames" sampling (coarse stage)
     clip_len: float = 2.0         # "clips" sampling (fine stage), seconds
     frames_per_clip: int = 1      # frames mean-pooled per clip
+    motion: MotionConfig | None = None  # also store each clip's motion descriptor (needs frames_per_clip >= 2)
     backend: str = "auto"         # decord, pyav, or auto (decord, then PyAV)
     num_workers: int = 0          # decoding processes (0 = in this process)
     text_batch: int = 256
+
+    def __post_init__(self) -> None:
+        if self.motion is not None and self.frames_per_clip < 2:
+            raise ValueError(f"motion features need frames_per_clip >= 2, got {self.frames_per_clip}")
 
 
 def dataset_annotations(dataset_dir: str | Path, splits: list[str] | None = None) -> tuple[list[str], list[str]]:
@@ -92,10 +98,20 @@ class _VideoDataset(torch.utils.data.Dataset):
 
 
 def store_meta(backbone: Backbone, cfg: ExtractConfig) -> StoreMeta:
+    motion = cfg.motion
     return StoreMeta(backbone=backbone.name, weights=backbone.weights, num_frames=cfg.num_frames,
                      clip_len=cfg.clip_len, frames_per_clip=cfg.frames_per_clip, image_size=backbone.image_size,
                      video_dim=backbone.embed_dim, text_dim=backbone.embed_dim, token_dim=backbone.token_dim,
-                     vocab_size=backbone.vocab_size)
+                     vocab_size=backbone.vocab_size, motion=motion.tag() if motion else "",
+                     motion_dim=motion.dim if motion else 0)
+
+
+def encode_clips(backbone: Backbone, clip_frames: np.ndarray, motion: MotionConfig | None = None
+                 ) -> tuple[torch.Tensor, np.ndarray | None]:
+    """[L, K, H, W, 3] frames of each clip -> (mean frame embedding [L, D], motion descriptor [L, M] or None)."""
+    L, K = clip_frames.shape[:2]
+    clips = backbone.encode_frames(clip_frames.reshape(L * K, *clip_frames.shape[2:])).view(L, K, -1).mean(1)
+    return clips, (motion_features(clip_frames, motion) if motion is not None else None)
 
 
 def extract_videos(writer: FeatureStoreWriter, backbone: Backbone, sources: Path | Mapping[str, Path],
@@ -113,13 +129,10 @@ def extract_videos(writer: FeatureStoreWriter, backbone: Backbone, sources: Path
         if isinstance(video, str):
             failures[vid] = video
             continue
-        clips_shape = video.clip_frames.shape  # [L, K, H, W, 3]
-        feats = backbone.encode_frames(np.concatenate(
-            [video.frames, video.clip_frames.reshape(-1, *clips_shape[2:])]))  # [N + L*K, D]
-        frames, clips = feats[:len(video.frames)], feats[len(video.frames):]
-        writer.put_video(vid, frames=frames, frame_indices=video.frame_indices,
-                         clips=clips.view(clips_shape[0], clips_shape[1], -1).mean(1),  # [L, D]
-                         clip_len=cfg.clip_len, duration=video.duration, fps=video.fps, source=source)
+        clips, motion = encode_clips(backbone, video.clip_frames, cfg.motion)           # [L, D], [L, M]
+        writer.put_video(vid, frames=backbone.encode_frames(video.frames), frame_indices=video.frame_indices,
+                         clips=clips, motion=motion, clip_len=cfg.clip_len, duration=video.duration,
+                         fps=video.fps, source=source)
         failures.pop(vid, None)
         encoded += 1
     return encoded

@@ -6,6 +6,7 @@ Layout (all arrays fp16 except indices)::
     /videos/<q(vid)>/frames         [N, D]  N uniform frames (middle of N equal segments)
     /videos/<q(vid)>/frame_indices  [N]     decoded frame index of each row of `frames`
     /videos/<q(vid)>/clips          [L, D]  one feature per clip_len seconds, clip i = [i*c, (i+1)*c)
+    /videos/<q(vid)>/motion         [L, M]  optional: the clip's motion descriptor (meta.motion names it)
     /videos/<q(vid)>                attrs: vid, duration, fps, source, complete
                                     (q = percent-escaping, so ids may hold '/')
     /text_table                     attrs: rows (rows committed; rows past it are a cut-off append)
@@ -79,6 +80,8 @@ class StoreMeta:
     text_dim: int = 0                # D of sentence embeddings
     token_dim: int = 0               # Dt of token features
     vocab_size: int = 0              # tokenizer vocabulary the stored token ids index (0 = not fixed)
+    motion: str = ""                 # motion descriptor stored beside the clips ("" = none), its config tag
+    motion_dim: int = 0              # M of the motion descriptor
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -257,6 +260,17 @@ class FeatureStore:
     def clips(self, vid: str) -> np.ndarray:             # [L, D] fp16
         return self._array("video", vid, "clips")
 
+    def motion(self, vid: str) -> np.ndarray:            # [L, M] fp16
+        return self._array("video", vid, "motion")
+
+    def grounding_clips(self, vid: str) -> torch.Tensor:
+        """The fine stage's per-clip input [L, D (+ M)] float32: the clip embedding, followed by the
+        motion descriptor when the store has one (as released features put SlowFast beside CLIP)."""
+        clips = torch.from_numpy(self.clips(vid)).float()
+        if not self.meta.motion:
+            return clips
+        return torch.cat([clips, torch.from_numpy(self.motion(vid)).float()], 1)
+
     def video_attrs(self, vid: str) -> dict[str, Any]:
         if not self.has_video(vid):
             raise KeyError(f"{self.path}: no video {vid!r}")
@@ -382,11 +396,15 @@ class FeatureStoreWriter:
         return parent.create_group(name)
 
     def put_video(self, vid: str, *, frames: Any = None, frame_indices: Any = None, clips: Any = None,
-                  clip_len: float | None = None, duration: float | None = None, fps: float | None = None,
-                  source: str = "") -> None:
-        """Store one video's frame features [N, D] (+ indices [N]) and/or clip features [L, D]."""
+                  motion: Any = None, clip_len: float | None = None, duration: float | None = None,
+                  fps: float | None = None, source: str = "") -> None:
+        """Store one video's frame features [N, D] (+ indices [N]) and/or clip features [L, D]
+        (+ their motion descriptors [L, M], required exactly when the store's meta names a motion descriptor)."""
         if frames is None and clips is None:
             raise ValueError(f"put_video({vid!r}): give frames and/or clips")
+        if clips is not None and (motion is None) != (not self.meta.motion):
+            raise ValueError(f"put_video({vid!r}): this store's motion descriptor is {self.meta.motion or 'none'}, "
+                             f"but motion features were {'not ' if motion is None else ''}given")
         if clip_len is not None and not math.isclose(clip_len, self.meta.clip_len):
             raise ValueError(f"put_video({vid!r}): clip_len {clip_len} != store clip_len {self.meta.clip_len}")
         group = self._fresh_group(self._h5.require_group("videos"), video_key(vid))
@@ -405,6 +423,12 @@ class FeatureStoreWriter:
             clips = _as_numpy(clips, 2, f"{vid} clips")
             self._fix_dim("video_dim", clips.shape[1])
             group.create_dataset("clips", data=clips.astype(np.float16))
+        if motion is not None:
+            motion = _as_numpy(motion, 2, f"{vid} motion")
+            if clips is None or motion.shape[0] != clips.shape[0]:
+                raise ValueError(f"put_video({vid!r}): motion needs one row per clip")
+            self._fix_dim("motion_dim", motion.shape[1])
+            group.create_dataset("motion", data=motion.astype(np.float16))
         group.attrs["duration"] = float(duration) if duration is not None else float("nan")
         group.attrs["fps"] = float(fps) if fps is not None else float("nan")
         group.attrs["source"] = str(source)
@@ -624,8 +648,8 @@ def load_moment_samples(store_path: str | Path, moments_jsonl: str | Path,
             if r.vid not in usable:
                 continue
             if r.vid not in clips_cache:
-                clips_cache[r.vid] = torch.from_numpy(store.clips(r.vid)).float()
-            clip_feats = clips_cache[r.vid]  # [L, Dv]
+                clips_cache[r.vid] = store.grounding_clips(r.vid)
+            clip_feats = clips_cache[r.vid]  # [L, Dv (+ M)]
             token_ids = store.token_ids(r.query)  # [Lq] or None (a store written without ids)
             samples.append(MomentSample(
                 qid=r.qid, query=r.query, vid=r.vid, duration=r.duration, clip_len=clip_len,

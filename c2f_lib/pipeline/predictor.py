@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from c2f_lib.features.motion import MotionConfig
 from c2f_lib.features.types import MomentSample
 
 
@@ -21,26 +22,34 @@ class VideoFeatures:
     path: str
     duration: float              # seconds
     clip_len: float              # seconds per clip
-    clip_feats: torch.Tensor     # [L, D] one feature per clip (mean of its frames' embeddings)
+    clip_feats: torch.Tensor     # [L, D (+ M)] per clip: mean frame embedding (++ motion descriptor)
 
 
 class MomentPredictor:
-    """`backbone` is a c2f_lib.features.backbones.Backbone (or anything with encode_frames/encode_tokens)."""
+    """`backbone` is a c2f_lib.features.backbones.Backbone (or anything with encode_frames/encode_tokens).
 
-    def __init__(self, model: nn.Module, backbone, clip_len: float = 2.0, frames_per_clip: int = 1):
+    `clip_len`, `frames_per_clip` and `motion` must be those the training features were extracted with
+    (the ExtractConfig; the store's StoreMeta records them).
+    """
+
+    def __init__(self, model: nn.Module, backbone, clip_len: float = 2.0, frames_per_clip: int = 1,
+                 motion: MotionConfig | None = None):
         self.model = model.eval()
         self.backbone = backbone
         self.clip_len = clip_len
         self.frames_per_clip = frames_per_clip
+        self.motion = motion
 
     def encode_video(self, path: str | Path) -> VideoFeatures:
         from c2f_lib.features.decode import sample_video
+        from c2f_lib.features.extract import encode_clips
 
-        video = sample_video(path, num_frames=1, clip_len=self.clip_len, frames_per_clip=self.frames_per_clip)
-        L, K = video.clip_frames.shape[:2]                                    # [L, K, H, W, 3]
-        frames = self.backbone.encode_frames(video.clip_frames.reshape(L * K, *video.clip_frames.shape[2:]))
-        return VideoFeatures(str(path), float(video.duration), self.clip_len,
-                             frames.reshape(L, K, -1).mean(1).float())        # [L, D]
+        video = sample_video(path, num_frames=1, clip_len=self.clip_len, frames_per_clip=self.frames_per_clip,
+                             short_side=getattr(self.backbone, "image_size", None))
+        clips, motion = encode_clips(self.backbone, video.clip_frames, self.motion)   # [L, D], [L, M] | None
+        if motion is not None:
+            clips = torch.cat([clips.float(), torch.from_numpy(motion)], 1)
+        return VideoFeatures(str(path), float(video.duration), self.clip_len, clips.float())
 
     @torch.no_grad()
     def predict(self, query: str, features: VideoFeatures, top_k: int = 10) -> dict:

@@ -181,7 +181,7 @@ def load_corpus(store_path: str | Path, video_ids: Sequence[str] | None = None) 
         frames = [store.frames(v) for v in video_ids]
         if len({f.shape[0] for f in frames}) > 1:
             raise ValueError(f"{store_path}: videos hold different numbers of frames")
-        clips = [torch.from_numpy(store.clips(v)).float() for v in video_ids]
+        clips = [store.grounding_clips(v) for v in video_ids]
         durations = []
         for vid, clip in zip(video_ids, clips):
             duration = float(store.video_attrs(vid).get("duration", float("nan")))

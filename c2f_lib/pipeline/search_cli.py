@@ -30,6 +30,10 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="index folder (default: VIDEO_DIR/.c2f_index)")
     parser.add_argument("--num-frames", type=int, default=12, help="uniform frames per video (coarse)")
     parser.add_argument("--clip-len", type=float, default=2.0, help="seconds per clip feature (fine)")
+    parser.add_argument("--frames-per-clip", type=int, default=1, help="frames averaged per clip")
+    parser.add_argument("--motion", action="store_true",
+                        help="add the colour-motion descriptor to the clip features, as the fine model was "
+                             "trained (needs --frames-per-clip >= 2)")
     parser.add_argument("--index-kind", choices=["flat", "hnsw", "ivf"], default="flat")
     parser.add_argument("--device", default="auto")
 
@@ -45,14 +49,12 @@ def find_videos(folder: Path) -> dict[str, Path]:
     return {str(p.relative_to(folder).with_suffix("")): p for p in files}
 
 
-def extract_folder(videos: dict[str, Path], store_path: Path, backbone, num_frames: int,
-                   clip_len: float) -> dict[str, str]:
+def extract_folder(videos: dict[str, Path], store_path: Path, backbone, cfg) -> dict[str, str]:
     """Write frame and clip features of `videos` to the store (the dataset extractor's video half);
-    returns vid -> reason for the skipped ones."""
-    from c2f_lib.features.extract import ExtractConfig, extract_videos, store_meta
+    `cfg` an ExtractConfig. Returns vid -> reason for the skipped ones."""
+    from c2f_lib.features.extract import extract_videos, store_meta
     from c2f_lib.features.store import FeatureStoreWriter
 
-    cfg = ExtractConfig(num_frames=num_frames, clip_len=clip_len)
     failures: dict[str, str] = {}
     with FeatureStoreWriter(store_path, store_meta(backbone, cfg)) as writer:
         extract_videos(writer, backbone, videos, list(videos), cfg, failures)
@@ -61,7 +63,8 @@ def extract_folder(videos: dict[str, Path], store_path: Path, backbone, num_fram
 
 def main_index(args: argparse.Namespace) -> int:
     from c2f_lib.features.backbones import load_backbone
-    from c2f_lib.features.extract import VIDEO_EXTENSIONS
+    from c2f_lib.features.extract import VIDEO_EXTENSIONS, ExtractConfig
+    from c2f_lib.features.motion import MotionConfig
     from c2f_lib.features.store import failures_path
     from c2f_lib.pipeline.corpus_index import CorpusIndex, IndexConfig, video_embeddings
     from c2f_lib.pipeline.search import load_corpus
@@ -76,9 +79,15 @@ def main_index(args: argparse.Namespace) -> int:
         if ckpt is not None and not ckpt.exists():
             print(f"c2f index: {ckpt}: checkpoint not found", file=sys.stderr)
             return 1
+    try:
+        cfg = ExtractConfig(num_frames=args.num_frames, clip_len=args.clip_len, frames_per_clip=args.frames_per_clip,
+                            motion=MotionConfig() if args.motion else None)
+    except ValueError as err:
+        print(f"c2f index: {err}", file=sys.stderr)
+        return 1
     backbone = load_backbone(args.backbone, device=resolve_device(args.device))
     store = out / "features.h5"
-    failures = extract_folder(videos, store, backbone, args.num_frames, args.clip_len)
+    failures = extract_folder(videos, store, backbone, cfg)
     atomic_write_json(failures_path(store), [{"vid": v, "reason": r} for v, r in failures.items()])
     for vid, reason in failures.items():
         print(f"skipped {vid}: {reason}", file=sys.stderr)
@@ -141,6 +150,10 @@ class SearchSession:
         else:
             self.coarse = load_model(coarse, map_location=device)[0]
         self.fine = load_model(fine, map_location=device)[0]
+        clip_dim, wanted = self.corpus.clips[0].shape[1], self.fine.cfg.video_dim
+        if clip_dim != wanted:
+            raise ValueError(f"{fine}: the fine model reads clip features of size {wanted}, the index holds "
+                             f"{clip_dim}; index with the backbone and --frames-per-clip/--motion it was trained on")
 
     def search(self, query: str, cfg) -> dict:
         from c2f_lib.pipeline.search import Queries, search

@@ -48,3 +48,23 @@ def plot_nearest_captions(frame: np.ndarray, scores: torch.Tensor, texts: list[s
     right.set(xlabel="cosine similarity", title="nearest texts to this frame")
     fig.tight_layout()
     return fig
+
+
+def plot_motion(motion: np.ndarray, clip_len: float, bin_names: list[str],
+                windows: list[tuple[list[float], str]] | None = None, title: str = "") -> plt.Figure:
+    """Colour-motion descriptor of one video over time: changed area per colour bin (gained + lost), with
+    the event windows (shaded, labelled with their query)."""
+    n_bins = len(bin_names)
+    motion = np.asarray(motion, dtype=np.float32)                     # [L, 4 * n_bins]
+    energy = (motion[:, :n_bins] ** 2 + motion[:, n_bins:2 * n_bins] ** 2).T   # [n_bins, L] changed area
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.imshow(energy, aspect="auto", cmap="magma", extent=(0, energy.shape[1] * clip_len, n_bins - 0.5, -0.5))
+    for i, (window, query) in enumerate(windows or []):
+        start, end = window
+        ax.axvspan(start, end, ymin=0, ymax=0.06, color=f"C{i % 10}")
+        ax.text(start, n_bins - 0.6, query if len(query) < 30 else query[:27] + "...", color=f"C{i % 10}",
+                fontsize=7, rotation=90, va="bottom")
+    ax.set_yticks(range(n_bins), bin_names, fontsize=7)
+    ax.set(xlabel="time (s)", title=title or "changed area per colour bin")
+    fig.tight_layout()
+    return fig
