@@ -285,3 +285,36 @@ def test_mesm_masks_a_third_of_the_words_never_sot_or_eot():
             assert not row[0] and not row[n - 1]
     with pytest.raises(ValueError, match="vocab_size"):
         build_model("mesm", {**SMALL, "vocab_size": 0})
+
+
+def test_denoising_queries_are_invisible_to_the_matching_queries_and_trained():
+    """DN (our addition): with dropout off, the matching queries' outputs are the same with and without
+    denoising queries; the DN queries start near their GT and get span/GIoU/label losses."""
+    from c2f_lib.models.denoising import denoising_attention_mask, noised_anchors
+
+    samples = make_samples(4)
+    samples[1].windows = [[2.0, 8.0], [10.0, 14.0]]                  # 2 GT spans -> one padded DN slot elsewhere
+    batch = collate_moments(samples)
+    config = {**SMALL, "dropout": 0.0, "input_dropout": 0.0, "negative_pairs": False, "dn_groups": 0}
+    torch.manual_seed(0)
+    plain = build_model("qd_detr", config).train()
+    torch.manual_seed(0)
+    dn = build_model("qd_detr", {**config, "dn_groups": 2, "dn_negatives": True}).train()
+    a, b = plain(batch), dn(batch)
+    assert "dn" not in a and b["dn"]["pred_spans"].shape == (2, 4, 8, 2)     # [n_dec, B, G * 2 * N, 2]
+    assert torch.allclose(a["pred_spans"], b["pred_spans"], atol=1e-6)
+    assert torch.allclose(a["pred_logits"], b["pred_logits"], atol=1e-6)
+    terms = fine_loss(b, batch, loss_preset("qd_detr"))
+    assert {"dn_span", "dn_giou", "dn_label", "dn_span_0"} <= set(terms)
+    assert "dn_span" not in fine_loss(a, batch, loss_preset("qd_detr"))
+    assert "dn" not in dn.eval()(batch)                                       # inference: matching queries only
+
+    anchors, targets, valid, positive = noised_anchors([torch.tensor([[0.5, 0.2]])], groups=3, noise=0.4,
+                                                       negatives=True)
+    assert positive[0].tolist() == [True, False] * 3 and valid.all()
+    assert ((anchors - targets)[positive].abs() <= torch.tensor([0.04, 0.08]) + 1e-6).all()   # small jitter
+    assert ((anchors - targets)[~positive][:, 0].abs() >= 0.1 - 1e-6).all()                     # off the event
+    mask = denoising_attention_mask(2, 2, 2, torch.tensor([[True, False, True, False]]))[0, 0]
+    assert mask.tolist() == [[1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0],          # matching: each other only
+                             [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0],          # group 0 (slot 3 padded)
+                             [1, 1, 0, 0, 1, 0], [1, 1, 0, 0, 1, 1]]          # group 1 (slot 5 padded)

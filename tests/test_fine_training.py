@@ -119,8 +119,7 @@ def test_train_or_load_gives_mesm_the_compact_classes_of_the_train_captions(tmp_
 def test_models_fit_a_small_batch(name, preset):
     """Spans, matcher and losses pull the best query onto each ground-truth window of 8 samples.
 
-    A check of the whole training path, not of generalisation: on held-out data the models do
-    not beat the window prior yet at CPU budgets (their decoder queries stay alike; README status).
+    A check of the whole training path, not of generalisation (that is tests/test_fine_learning.py).
     """
     from c2f_lib.evaluation.moments import evaluate_moments
     from c2f_lib.evaluation.window_prior import WindowPrior
@@ -148,4 +147,5 @@ def test_models_fit_a_small_batch(name, preset):
     gts = samples_to_ground_truth(samples)
     fitted = evaluate_moments(model.eval().predict(samples, top_k=10), gts)["brief"]["MR-full-mAP"]
     prior = evaluate_moments(WindowPrior.fit(samples).predict(samples), gts)["brief"]["MR-full-mAP"]
-    assert fitted > prior + 10.0, (fitted, prior)  # measured: QD-DETR 55.5, Moment-DETR 100, prior 35.2
+    # measured: QD-DETR 93.8 (55.5 without denoising queries), Moment-DETR 100, prior 35.2
+    assert fitted > prior + 10.0, (fitted, prior)

@@ -164,10 +164,10 @@ class DecoderSelfAttention(nn.Module):
         self.k_content, self.k_pos, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.out = nn.Linear(d, d)
 
-    def forward(self, tgt, query_pos):                     # [B, Q, d] each
+    def forward(self, tgt, query_pos, attn_mask=None):     # [B, Q, d] each; attn_mask [B, 1, Q, Q] True = attend
         q = _split_heads(self.q_content(tgt) + self.q_pos(query_pos), self.heads)
         k = _split_heads(self.k_content(tgt) + self.k_pos(query_pos), self.heads)
-        out = F.scaled_dot_product_attention(q, k, _split_heads(self.v(tgt), self.heads),
+        out = F.scaled_dot_product_attention(q, k, _split_heads(self.v(tgt), self.heads), attn_mask=attn_mask,
                                              dropout_p=self.dropout if self.training else 0.0)
         return self.out(out.transpose(1, 2).flatten(-2))
 
@@ -208,8 +208,8 @@ class AnchorDecoderLayer(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(3))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, tgt, query_pos, query_sine, memory, mem_pos, mem_mask):
-        tgt = self.norms[0](tgt + self.drop(self.self_attn(tgt, query_pos)))
+    def forward(self, tgt, query_pos, query_sine, memory, mem_pos, mem_mask, self_mask=None):
+        tgt = self.norms[0](tgt + self.drop(self.self_attn(tgt, query_pos, self_mask)))
         tgt = self.norms[1](tgt + self.drop(self.cross_attn(tgt, query_pos, query_sine, memory, mem_pos, mem_mask)))
         return self.norms[2](tgt + self.drop(self.ffn(tgt)))
 
@@ -236,7 +236,8 @@ class AnchorDecoder(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.d = d
 
-    def forward(self, memory, mem_mask, mem_pos, anchors):   # anchors [B, Q, 2] in (0, 1)
+    def forward(self, memory, mem_mask, mem_pos, anchors, self_mask=None):   # anchors [B, Q, 2] in (0, 1)
+        """`self_mask` [B, 1, Q, Q] (True = attend) restricts the queries' self-attention (denoising)."""
         tgt = torch.zeros(*anchors.shape[:2], self.d, device=memory.device, dtype=memory.dtype)
         hidden, starts, refs = [], [], anchors            # refs: what the layer reads (detached after layer 1)
         for i, layer in enumerate(self.layers):
@@ -247,7 +248,7 @@ class AnchorDecoder(nn.Module):
             if i > 0:
                 query_sine = query_sine * self.query_scale(tgt)
             width_ratio = self.ref_anchor_head(tgt).sigmoid()[..., 0] / refs[..., 1].clamp(min=1e-3)
-            tgt = layer(tgt, query_pos, query_sine * width_ratio[..., None], memory, mem_pos, mem_mask)
+            tgt = layer(tgt, query_pos, query_sine * width_ratio[..., None], memory, mem_pos, mem_mask, self_mask)
             anchors = (self.bbox_embed(tgt) + inverse_sigmoid(refs)).sigmoid()             # [B, Q, 2]
             refs = anchors.detach()
             hidden.append(self.norm(tgt))

@@ -16,21 +16,55 @@ from c2f_lib.models.matcher import hungarian_match
 from c2f_lib.models.span_utils import cw_to_se, pairwise_iou_giou
 
 
-def set_losses(logits, spans, gt_spans, w: FineLossWeights) -> dict[str, torch.Tensor]:
+def set_losses(logits, spans, gt_spans, matches, w: FineLossWeights) -> dict[str, torch.Tensor]:
     """Matched-span L1, 1 - GIoU and 2-way CE (index 0 = foreground) for one decoder layer."""
-    matches = hungarian_match(logits, spans, gt_spans, w.span, w.giou, w.label)
-    pred = torch.cat([spans[b, q] for b, (q, _) in enumerate(matches)])              # [M, 2]
-    gt = torch.cat([g[t] for g, (_, t) in zip(gt_spans, matches)]).to(pred.dtype)    # [M, 2]
-    giou = torch.diagonal(pairwise_iou_giou(cw_to_se(pred), cw_to_se(gt))[1])
+    batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)]).to(logits.device)   # [M]
+    query_idx = torch.cat([q for q, _ in matches]).to(logits.device)                                         # [M]
+    pred = spans[batch_idx, query_idx]                                                                       # [M, 2]
+    gt = torch.cat([g[t] for g, (_, t) in zip(gt_spans, matches)]).to(pred.dtype)                           # [M, 2]
+    giou = pairwise_iou_giou(cw_to_se(pred)[:, None], cw_to_se(gt)[:, None])[1][:, 0, 0]                    # [M]
     target = torch.ones(logits.shape[:2], dtype=torch.long, device=logits.device)   # 1 = background
-    for b, (q, _) in enumerate(matches):
-        target[b, q.to(logits.device)] = 0
+    target[batch_idx, query_idx] = 0
     class_weight = torch.tensor([1.0, w.eos_coef], device=logits.device)
     # reduction='none' then mean over all elements, as in the references (not PyTorch's weighted mean).
     ce = F.cross_entropy(logits.float().transpose(1, 2), target, weight=class_weight, reduction="none").mean()
     return {"span": w.span * F.l1_loss(pred.float(), gt.float()),
             "giou": w.giou * (1 - giou.float()).mean(),
             "label": w.label * ce}
+
+
+def decoder_set_losses(out: dict, gt_spans, w: FineLossWeights) -> dict[str, torch.Tensor]:
+    """`set_losses` of the last decoder layer (plain keys) and, with `w.aux`, of each earlier layer
+    (keys suffixed _i). Every layer is matched independently, but in one `hungarian_match` call."""
+    layers = [out] + (out.get("aux_outputs", []) if w.aux else [])
+    B = len(gt_spans)
+    logits = torch.cat([o["pred_logits"] for o in layers])                        # [n_layers * B, Q, 2]
+    spans = torch.cat([o["pred_spans"] for o in layers])
+    matches = hungarian_match(logits, spans, list(gt_spans) * len(layers), w.span, w.giou, w.label)
+    terms = {}
+    for i, o in enumerate(layers):
+        layer = set_losses(o["pred_logits"], o["pred_spans"], gt_spans, matches[i * B:(i + 1) * B], w)
+        terms.update(layer if i == 0 else {f"{k}_{i - 1}": v for k, v in layer.items()})
+    return terms
+
+
+def denoising_losses(dn: dict, w: FineLossWeights) -> dict[str, torch.Tensor]:
+    """Losses of the denoising queries (our addition, c2f_lib.models.denoising), per decoder layer:
+    L1 + GIoU of each positive to its own GT span, and CE to foreground (positives) or background
+    (negatives), with the matching losses' weights."""
+    valid, positive = dn["valid"], dn["positive"] & dn["valid"]                    # [B, G*K]
+    gt = dn["targets"][positive]                                                    # [M, 2]
+    labels = (~positive[valid]).long()                                              # 0 = foreground
+    n = len(dn["pred_logits"])
+    order = [n - 1] + (list(range(n - 1)) if w.aux else [])                        # last layer, then aux
+    terms = {}
+    for i, j in enumerate(order):
+        pred = dn["pred_spans"][j][positive].float()                                # [M, 2]
+        giou = pairwise_iou_giou(cw_to_se(pred)[:, None], cw_to_se(gt)[:, None])[1][:, 0, 0]
+        layer = {"dn_span": w.span * F.l1_loss(pred, gt), "dn_giou": w.giou * (1 - giou).mean(),
+                 "dn_label": w.label * F.cross_entropy(dn["pred_logits"][j][valid].float(), labels)}
+        terms.update(layer if i == 0 else {f"{k}_{i - 1}": v for k, v in layer.items()})
+    return terms
 
 
 def is_binary(labels: torch.Tensor) -> bool:
@@ -155,11 +189,9 @@ def segment_sentence_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> 
 
 
 def fine_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> dict[str, torch.Tensor]:
-    terms = set_losses(out["pred_logits"], out["pred_spans"], batch.spans, w)
-    if w.aux:
-        for i, aux in enumerate(out.get("aux_outputs", [])):
-            terms.update({f"{k}_{i}": v for k, v in set_losses(aux["pred_logits"], aux["pred_spans"],
-                                                                 batch.spans, w).items()})
+    terms = decoder_set_losses(out, batch.spans, w)
+    if "dn" in out:
+        terms.update(denoising_losses(out["dn"], w))
     if w.saliency > 0:
         terms["saliency"] = saliency_loss(out, batch, w)
     if w.rec_fw > 0 and "mlm_mask" in out:

@@ -16,6 +16,7 @@ from torch import nn
 from c2f_lib.models.detr_blocks import (
     AnchorDecoder, CrossAttentionLayer, EncoderLayer, FineConfig, FineGroundingModel, MLP, negative_partner,
     video_positions)
+from c2f_lib.models.denoising import denoising_attention_mask, noised_anchors
 from c2f_lib.models.fine_batch import MomentBatch
 from c2f_lib.models.registry import register
 from c2f_lib.models.span_utils import inverse_sigmoid
@@ -25,6 +26,12 @@ from c2f_lib.models.span_utils import inverse_sigmoid
 class QDDETRConfig(FineConfig):
     t2v_layers: int = 2
     negative_pairs: bool = True   # compute saliency for mismatched (video, query) pairs while training
+    # Denoising queries, our addition (c2f_lib.models.denoising): off by default, as in the papers;
+    # notebook 05 turns them on because they learn far faster on small data. Training only: inference
+    # and imported checkpoints are unaffected.
+    dn_groups: int = 0            # denoising copies of each GT span per training step (0 = off)
+    dn_noise: float = 0.4         # their jitter: centre ± noise * w / 2, width * (1 ± noise)
+    dn_negatives: bool = True     # add one far-off negative (background) per GT span and group (DINO)
 
 
 @register("qd_detr", QDDETRConfig)
@@ -71,6 +78,13 @@ class QDDETR(FineGroundingModel):
     def extra_outputs(self, batch: MomentBatch, video, pos, words, out: dict) -> None:
         """Training-only extra outputs (MESM's reconstruction branches)."""
 
+    def denoising_queries(self, batch: MomentBatch) -> dict:
+        """Noised GT anchors [B, G*K, 2], the decoder's self-attention mask and the DN targets (our addition)."""
+        cfg = self.cfg
+        anchors, targets, valid, positive = noised_anchors(batch.spans, cfg.dn_groups, cfg.dn_noise, cfg.dn_negatives)
+        mask = denoising_attention_mask(cfg.num_queries, cfg.dn_groups, anchors.shape[1] // cfg.dn_groups, valid)
+        return {"anchors": anchors, "self_mask": mask, "targets": targets, "valid": valid, "positive": positive}
+
     def forward(self, batch: MomentBatch) -> dict:
         out: dict = {}
         video = self.project_video(batch)                                               # [B, L, d]
@@ -79,10 +93,17 @@ class QDDETR(FineGroundingModel):
         text, text_mask = self.text_tokens(batch, video, words, out)                    # [B, Lt, d]
         memory, global_token = self.encode(self.enhance_video(video, pos, words, batch.text_mask),
                                            batch.video_mask, pos, text, text_mask)
-        anchors = self.query_embed.weight.sigmoid()[None].expand(video.shape[0], -1, -1)
-        hidden, starts = self.decoder(memory, batch.video_mask, pos, anchors)           # [n_dec, B, Q, *]
+        anchors = self.query_embed.weight.sigmoid()[None].expand(video.shape[0], -1, -1)  # [B, Q, 2]
+        dn = self.denoising_queries(batch) if self.training and self.cfg.dn_groups > 0 else None
+        if dn is not None:
+            anchors = torch.cat([anchors, dn.pop("anchors").to(anchors)], 1)              # [B, Q + G*K, 2]
+        hidden, starts = self.decoder(memory, batch.video_mask, pos, anchors,
+                                      dn.pop("self_mask") if dn else None)           # [n_dec, B, Q(+G*K), *]
         spans = (self.span_embed(hidden) + inverse_sigmoid(starts)).sigmoid()
-        out.update(self.heads(hidden, spans, self.saliency(memory, global_token)))
+        Q = self.cfg.num_queries
+        out.update(self.heads(hidden[:, :, :Q], spans[:, :, :Q], self.saliency(memory, global_token)))
+        if dn is not None:
+            out["dn"] = {**dn, "pred_logits": self.class_embed(hidden[:, :, Q:]), "pred_spans": spans[:, :, Q:]}
         partner = negative_partner(batch.vids) if self.training and self.cfg.negative_pairs else None
         if partner is not None:
             partner = partner.to(video.device)

@@ -25,11 +25,12 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
 
 
 def pairwise_iou_giou(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(start, end) spans a [N,2], b [M,2] -> IoU [N,M], GIoU [N,M]."""
-    inter = (torch.min(a[:, None, 1], b[None, :, 1]) - torch.max(a[:, None, 0], b[None, :, 0])).clamp(min=0)
-    union = (a[:, 1] - a[:, 0])[:, None] + (b[:, 1] - b[:, 0])[None, :] - inter
+    """(start, end) spans a [..., N,2], b [..., M,2] -> IoU [..., N,M], GIoU [..., N,M] (leading dims broadcast)."""
+    a, b = a[..., :, None, :], b[..., None, :, :]                               # [..., N, 1, 2], [..., 1, M, 2]
+    inter = (torch.min(a[..., 1], b[..., 1]) - torch.max(a[..., 0], b[..., 0])).clamp(min=0)
+    union = (a[..., 1] - a[..., 0]) + (b[..., 1] - b[..., 0]) - inter
     iou = inter / union.clamp(min=1e-6)
-    hull = torch.max(a[:, None, 1], b[None, :, 1]) - torch.min(a[:, None, 0], b[None, :, 0])
+    hull = torch.max(a[..., 1], b[..., 1]) - torch.min(a[..., 0], b[..., 0])
     return iou, iou - (hull - union) / hull.clamp(min=1e-6)
 
 
