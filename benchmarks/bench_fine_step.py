@@ -3,8 +3,9 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_fine_step.py [--steps 20] [--hidden 64]
 
 One process, one thread; the batch mimics the default demo (32 queries, 10-20 clips, 1-3 GT windows,
-8-16 tokens, 512-d features) and the models use their default config (QD-DETR/MESM: denoising queries
-on). Absolute times depend on the machine; compare ratios within one run.
+8-16 tokens, 512-d features). QD-DETR and MESM run twice: as the papers train them and with the
+denoising queries notebook 05 turns on (the last column: step time relative to the papers' setting).
+Absolute times depend on the machine; compare ratios within one run.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from c2f_lib.models.fine_losses import fine_loss
 from c2f_lib.models.fine_presets import loss_preset
 from c2f_lib.models.registry import build_model
 
-MODELS = [("moment_detr", "moment_detr"), ("qd_detr", "qd_detr"), ("mesm", "mesm_charades")]
+MODELS = [("moment_detr", "moment_detr", {}), ("qd_detr", "qd_detr", {}), ("qd_detr", "qd_detr", {"dn_groups": 3}),
+          ("mesm", "mesm_charades", {}), ("mesm", "mesm_charades", {"dn_groups": 3})]
 PHASES = ("forward", "loss", "backward", "optimizer")
 
 
@@ -69,13 +71,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     batch = demo_batch()
-    print(f"{'model':>12} " + " ".join(f"{p:>10}" for p in PHASES) + f" {'step ms':>8}")
-    for name, preset in MODELS:
+    print(f"{'model':>15} " + " ".join(f"{p:>10}" for p in PHASES) + f" {'step ms':>8} {'x papers':>8}")
+    papers: dict[str, float] = {}
+    for name, preset, extra in MODELS:
         torch.manual_seed(0)
         model = build_model(name, {"video_dim": 512, "text_dim": 512, "hidden_dim": args.hidden,
-                                   "ffn_dim": 4 * args.hidden, "n_heads": 4})
+                                   "ffn_dim": 4 * args.hidden, "n_heads": 4, **extra})
         t = phase_times(model, batch, preset, args.steps)
-        print(f"{name:>12} " + " ".join(f"{1000 * t[p]:>10.1f}" for p in PHASES) + f" {1000 * sum(t.values()):>8.1f}")
+        step = sum(t.values())
+        papers.setdefault(name, step)
+        label = name + ("+dn" if extra else "")
+        print(f"{label:>15} " + " ".join(f"{1000 * t[p]:>10.1f}" for p in PHASES)
+              + f" {1000 * step:>8.1f} {step / papers[name]:>8.2f}")
 
 
 if __name__ == "__main__":
