@@ -30,3 +30,15 @@ def test_stage_notebook_shape(stage):
 
 def test_pipeline_has_its_stages():
     assert [s.number for s in STAGES][:1] == ["01"], "notebooks/01_*.ipynb starts the pipeline"
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_papermill_reads_every_parameter(stage):
+    """papermill skips (with only a log line) a parameter whose comment holds '=', so it would lose its
+    type and help text; every assignment of the parameters cell must parse."""
+    from papermill.translators import PythonTranslator
+
+    nb = nbformat.read(stage.path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = [line.split("=")[0].strip() for line in cell.source.splitlines() if "=" in line.split("#")[0]]
+    assert [p.name for p in PythonTranslator.inspect(cell)] == assigned
