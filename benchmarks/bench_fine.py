@@ -15,9 +15,9 @@ import c2f_lib.models.mesm  # noqa: F401
 import c2f_lib.models.moment_detr  # noqa: F401
 from c2f_lib.features.types import MomentSample
 from c2f_lib.models.fine_batch import collate_moments
-from c2f_lib.models.fine_losses import fine_loss
-from c2f_lib.models.fine_presets import loss_preset
 from c2f_lib.models.registry import build_model
+
+from bench_fine_step import phase_times  # the same timed training loop (benchmarks/ is on sys.path when run)
 
 MODELS = [("moment_detr", "moment_detr"), ("qd_detr", "qd_detr"), ("mesm", "mesm_qvhighlights")]
 
@@ -40,16 +40,7 @@ def main() -> None:
     rows = {}
     for name, preset in MODELS:
         model = build_model(name, {"hidden_dim": args.hidden, "ffn_dim": 4 * args.hidden})
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        model.train()
-        for step in range(args.steps + 1):          # step 0 = warm-up
-            if step == 1:
-                t0 = time.perf_counter()
-            loss = fine_loss(model(batch), batch, loss_preset(preset))["total"]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        train_qps = args.steps * len(data) / (time.perf_counter() - t0)
+        train_qps = len(data) / sum(phase_times(model, batch, preset, args.steps).values())
         model.predict(data[:1])
         t0 = time.perf_counter()
         for s in data:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,12 @@ class MotionConfig:
     def tag(self) -> str:
         """What the store records, so that two descriptor settings never mix."""
         return "colour-motion-v1:" + ",".join(f"{k}={v}" for k, v in asdict(self).items())
+
+
+def append_motion(clips: torch.Tensor, motion: np.ndarray | None) -> torch.Tensor:
+    """The fine stage's per-clip input: [L, D] embedding ++ [L, M] descriptor (when there is one), float32."""
+    clips = clips.float()
+    return clips if motion is None else torch.cat([clips, torch.from_numpy(np.asarray(motion)).float()], 1)
 
 
 def colour_bins(rgb: np.ndarray, cfg: MotionConfig) -> np.ndarray:

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from c2f_lib.data.schema import read_captions, read_moments
+from c2f_lib.features.motion import append_motion
 from c2f_lib.features.types import CoarseSplit, MomentSample
 
 FORMAT = "c2f-feature-store/2"
@@ -266,10 +267,7 @@ class FeatureStore:
     def grounding_clips(self, vid: str) -> torch.Tensor:
         """The fine stage's per-clip input [L, D (+ M)] float32: the clip embedding, followed by the
         motion descriptor when the store has one (as released features put SlowFast beside CLIP)."""
-        clips = torch.from_numpy(self.clips(vid)).float()
-        if not self.meta.motion:
-            return clips
-        return torch.cat([clips, torch.from_numpy(self.motion(vid)).float()], 1)
+        return append_motion(torch.from_numpy(self.clips(vid)), self.motion(vid) if self.meta.motion else None)
 
     def video_attrs(self, vid: str) -> dict[str, Any]:
         if not self.has_video(vid):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from c2f_lib.models.fine_batch import MomentBatch
 from c2f_lib.models.fine_presets import FineLossWeights
 from c2f_lib.models.matcher import hungarian_match
-from c2f_lib.models.span_utils import cw_to_se, pairwise_iou_giou
+from c2f_lib.models.span_utils import cw_to_se, paired_giou, pairwise_iou_giou
 
 
 def set_losses(logits, spans, gt_spans, matches, w: FineLossWeights) -> dict[str, torch.Tensor]:
@@ -22,7 +22,7 @@ def set_losses(logits, spans, gt_spans, matches, w: FineLossWeights) -> dict[str
     query_idx = torch.cat([q for q, _ in matches]).to(logits.device)                                         # [M]
     pred = spans[batch_idx, query_idx]                                                                       # [M, 2]
     gt = torch.cat([g[t] for g, (_, t) in zip(gt_spans, matches)]).to(pred.dtype)                           # [M, 2]
-    giou = pairwise_iou_giou(cw_to_se(pred)[:, None], cw_to_se(gt)[:, None])[1][:, 0, 0]                    # [M]
+    giou = paired_giou(cw_to_se(pred), cw_to_se(gt))                                                        # [M]
     target = torch.ones(logits.shape[:2], dtype=torch.long, device=logits.device)   # 1 = background
     target[batch_idx, query_idx] = 0
     class_weight = torch.tensor([1.0, w.eos_coef], device=logits.device)
@@ -60,7 +60,7 @@ def denoising_losses(dn: dict, w: FineLossWeights) -> dict[str, torch.Tensor]:
     terms = {}
     for i, j in enumerate(order):
         pred = dn["pred_spans"][j][positive].float()                                # [M, 2]
-        giou = pairwise_iou_giou(cw_to_se(pred)[:, None], cw_to_se(gt)[:, None])[1][:, 0, 0]
+        giou = paired_giou(cw_to_se(pred), cw_to_se(gt))
         layer = {"dn_span": w.span * F.l1_loss(pred, gt), "dn_giou": w.giou * (1 - giou).mean(),
                  "dn_label": w.label * F.cross_entropy(dn["pred_logits"][j][valid].float(), labels)}
         terms.update(layer if i == 0 else {f"{k}_{i - 1}": v for k, v in layer.items()})

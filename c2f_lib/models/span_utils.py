@@ -24,6 +24,11 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+def paired_giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """GIoU of matched (start, end) spans a[i], b[i]: [M, 2] x [M, 2] -> [M]."""
+    return pairwise_iou_giou(a[:, None], b[:, None])[1][:, 0, 0]
+
+
 def pairwise_iou_giou(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(start, end) spans a [..., N,2], b [..., M,2] -> IoU [..., N,M], GIoU [..., N,M] (leading dims broadcast)."""
     a, b = a[..., :, None, :], b[..., None, :, :]                               # [..., N, 1, 2], [..., 1, M, 2]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from c2f_lib.features.motion import MotionConfig
+from c2f_lib.features.motion import MotionConfig, append_motion
 from c2f_lib.features.types import MomentSample
 
 
@@ -47,9 +47,7 @@ class MomentPredictor:
         video = sample_video(path, num_frames=1, clip_len=self.clip_len, frames_per_clip=self.frames_per_clip,
                              short_side=getattr(self.backbone, "image_size", None))
         clips, motion = encode_clips(self.backbone, video.clip_frames, self.motion)   # [L, D], [L, M] | None
-        if motion is not None:
-            clips = torch.cat([clips.float(), torch.from_numpy(motion)], 1)
-        return VideoFeatures(str(path), float(video.duration), self.clip_len, clips.float())
+        return VideoFeatures(str(path), float(video.duration), self.clip_len, append_motion(clips, motion))
 
     @torch.no_grad()
     def predict(self, query: str, features: VideoFeatures, top_k: int = 10) -> dict:
