@@ -112,3 +112,11 @@ def test_cli_reports_errors_with_nonzero_exit(tmp_path, capsys):
 
     assert main(["run", "--config", str(tmp_path / "nope.yaml")]) == 1
     assert "config file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_name_only_declared_parameters(config):
+    """Every config in configs/ resolves against the real notebooks (a typo would fail only at run time)."""
+    params = resolve_parameters(load_config(config), discover_stages())
+    assert set(params) == {stage.number for stage in discover_stages()}
