@@ -1,4 +1,4 @@
-"""The window prior: the most frequent relative training windows, scaled to each video."""
+"""The window prior: the relative windows that overlap the most training windows, scaled to each video."""
 from __future__ import annotations
 
 import pytest
@@ -30,6 +30,17 @@ def test_prior_predicts_the_most_frequent_relative_window():
     assert len(saliency) == 50 and saliency[15] == pytest.approx(0.75) and saliency[2] == 0.0
     metrics = evaluate_moments(preds, samples_to_ground_truth(test))["brief"]
     assert metrics["MR-full-R1@0.7"] == 100.0
+
+
+def test_prior_prefers_the_window_that_overlaps_most_over_the_most_frequent_one():
+    # (0.8, 1.0) occurs twice, but (0.15, 0.35) overlaps three windows at IoU 0.6 each: a better top-1.
+    train = [_sample("a", 40.0, [[4.0, 12.0]]), _sample("b", 40.0, [[6.0, 14.0]]), _sample("c", 40.0, [[8.0, 16.0]]),
+             _sample("d", 40.0, [[32.0, 40.0]]), _sample("e", 40.0, [[32.0, 40.0]])]
+    prior = WindowPrior.fit(train)
+    assert prior.windows == [pytest.approx((0.15, 0.35)), pytest.approx((0.8, 1.0))]
+    assert prior.frequency == pytest.approx([0.6, 0.4])        # then every training window is overlapped
+    r1 = evaluate_moments(prior.predict(train), samples_to_ground_truth(train))["brief"]["MR-full-R1@0.5"]
+    assert r1 == pytest.approx(60.0)
 
 
 def test_prior_needs_windows():

@@ -5,10 +5,10 @@ grid), scaled to the query's video: first the grid window that overlaps (IoU >= 
 windows, then, greedily, the one that overlaps the most training windows not yet overlapped, and so on.
 So its top-1 is the best R1@0.5 any text-blind, video-blind answer reaches on the training set, and its
 later windows cover the rest of the distribution (fewer than `top_k` when they already overlap every
-training window). Its saliency is how often a training window covers each
-relative position. Beating it is necessary for a fine model's numbers to mean grounding, not sufficient:
-a model can also learn where moments usually are *given the video*; the query-swap test
-(`query_swap.py`) checks whether it reads the sentence.
+training window). Its saliency is how often a training window covers each relative position.
+Beating it is necessary for a fine model's numbers to mean grounding, not sufficient: a model can also
+learn where moments usually are *given the video*; the query-swap test (`query_swap.py`) checks whether
+it reads the sentence.
 """
 from __future__ import annotations
 
@@ -40,11 +40,12 @@ class WindowPrior:
         uncovered = np.ones(len(rel), dtype=bool)
         windows, frequency = [], []
         while len(windows) < top_k and uncovered.any():
-            gain = (hit & uncovered).sum(1)                                             # [C]
+            new_hits = hit & uncovered                                                  # [C, N]
+            gain = new_hits.sum(1)                                                      # [C]
             if gain.max() == 0:                                                         # too short to hit
                 break
             # ties (e.g. a window and its one-step-longer neighbour) go to the closer fit
-            best = int(np.lexsort((-(iou * (hit & uncovered)).sum(1), -gain))[0])
+            best = int(np.lexsort((-(iou * new_hits).sum(1), -gain))[0])
             windows.append((round(float(candidates[best, 0]), 6), round(float(candidates[best, 1]), 6)))
             frequency.append(float(gain[best]) / len(rel))
             uncovered &= ~hit[best]
