@@ -6,7 +6,6 @@ One process, same random batch for every model (32 queries, 75 clips, 20 tokens)
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -17,7 +16,8 @@ from c2f_lib.features.types import MomentSample
 from c2f_lib.models.fine_batch import collate_moments
 from c2f_lib.models.registry import build_model
 
-from bench_fine_step import phase_times  # the same timed training loop (benchmarks/ is on sys.path when run)
+# the same arguments and timed training loop (benchmarks/ is on sys.path when run)
+from bench_fine_step import parse_args, phase_times
 
 MODELS = [("moment_detr", "moment_detr"), ("qd_detr", "qd_detr"), ("mesm", "mesm_qvhighlights")]
 
@@ -25,15 +25,13 @@ MODELS = [("moment_detr", "moment_detr"), ("qd_detr", "qd_detr"), ("mesm", "mesm
 def samples(n: int, clips: int, tokens: int, dim: int) -> list[MomentSample]:
     g = torch.Generator().manual_seed(0)
     return [MomentSample(qid=i, query="q", vid=f"v{i // 2}", duration=2.0 * clips, clip_len=2.0,
-                         clip_feats=torch.randn(clips, dim, generator=g), token_feats=torch.randn(tokens, dim, generator=g),
+                         clip_feats=torch.randn(clips, dim, generator=g),
+                         token_feats=torch.randn(tokens, dim, generator=g),
                          windows=[[10.0, 40.0]]) for i in range(n)]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--hidden", type=int, default=128)
-    args = parser.parse_args()
+    args = parse_args(steps=10, hidden=128)
     torch.manual_seed(0)
     data = samples(32, 75, 20, 512)
     batch = collate_moments(data)

@@ -64,11 +64,16 @@ def phase_times(model, batch: MomentBatch, preset: str, steps: int,
     return total
 
 
-def main() -> None:
+def parse_args(steps: int, hidden: int) -> argparse.Namespace:
+    """--steps (timed training steps) and --hidden (model width), with this benchmark's defaults."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--hidden", type=int, default=64)
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--hidden", type=int, default=hidden)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args(steps=20, hidden=64)
     torch.set_num_threads(1)
     batch = demo_batch()
     print(f"{'model':>15} " + " ".join(f"{p:>10}" for p in PHASES) + f" {'step ms':>8} {'x papers':>8}")

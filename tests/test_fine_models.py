@@ -232,7 +232,8 @@ def test_mesm_compact_word_classes_map_ids_and_drive_the_loss(tmp_path):
     assert (classes < 3).sum() >= 3 and (classes == 3).any()
     w = loss_preset("mesm_qvhighlights")
     rows = valid.nonzero()[:, 0]
-    want = _smoothed_ce_per_sentence(out["mlm_logits"].detach().float(), classes, [rows == b for b in range(len(valid))])
+    sentences = [rows == b for b in range(len(valid))]
+    want = _smoothed_ce_per_sentence(out["mlm_logits"].detach().float(), classes, sentences)
     torch.testing.assert_close(fine_loss(out, batch, w)["rec_fw"].detach(), w.rec_fw * want)
     def peaked(c):                                                       # logits with their mass on classes c
         return {**out, "mlm_logits": torch.nn.functional.one_hot(c, len(vocab) + 1).float() * 20}
