@@ -18,7 +18,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from c2f_lib.features.store import FeatureStoreWriter, StoreMeta, text_key
+from c2f_lib.features.store import StoreMeta, text_key
+from c2f_lib.features.store_writer import FeatureStoreWriter
 
 
 def format1_writes(path: Path, texts: list[str], sentences: np.ndarray, tokens: list[np.ndarray]) -> None:

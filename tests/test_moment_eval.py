@@ -216,7 +216,7 @@ def test_qvhighlights_test_predict_and_submit_but_not_evaluate(shared_datasets, 
     from c2f_lib.data import registry
     from c2f_lib.data.schema import write_moments
     from c2f_lib.evaluation.moments import read_jsonl, write_predictions
-    from c2f_lib.features.store import load_moment_samples
+    from c2f_lib.features.store_bundles import load_moment_samples
     from c2f_lib.features.testing import make_random_store
     from c2f_lib.models.moment_detr import MomentDETR, MomentDETRConfig
 

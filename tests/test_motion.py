@@ -7,7 +7,8 @@ import torch
 
 from c2f_lib.features.extract import ExtractConfig, encode_clips, store_meta
 from c2f_lib.features.motion import MotionConfig, colour_bins, motion_features
-from c2f_lib.features.store import FeatureStore, FeatureStoreWriter, StoreError
+from c2f_lib.features.store import FeatureStore, StoreError
+from c2f_lib.features.store_writer import FeatureStoreWriter
 
 CFG = MotionConfig()
 RED = (220, 45, 45)

@@ -8,7 +8,7 @@ import torch
 
 from c2f_lib.data.schema import MomentQuery, write_moments
 from c2f_lib.features.released import ReleasedConfig, ReleasedFeatureError, load_released_moment_samples
-from c2f_lib.features.store import saliency_target
+from c2f_lib.features.store_bundles import saliency_target
 
 CLIP_D, SF_D, TOKEN_D = 4, 6, 8
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from c2f_lib.data.schema import MomentQuery, write_captions, write_moments
-from c2f_lib.features.store import (FeatureStore, FeatureStoreWriter, StoreError, StoreMeta,
-                                    failures_path, load_coarse_split, load_moment_samples,
-                                    saliency_target)
+from c2f_lib.features.store import FeatureStore, StoreError, StoreMeta, failures_path
+from c2f_lib.features.store_writer import FeatureStoreWriter
+from c2f_lib.features.store_bundles import load_coarse_split, load_moment_samples, saliency_target
 from c2f_lib.features.testing import make_random_store, random_records
 
 

@@ -9,7 +9,8 @@ import pytest
 from c2f_lib.data.schema import MomentQuery, VideoCaptions, write_captions, write_moments
 from c2f_lib.features import cli
 from c2f_lib.features.extract import ExtractConfig, extract_dataset
-from c2f_lib.features.store import FeatureStore, load_coarse_split, load_moment_samples, read_failures
+from c2f_lib.features.store import FeatureStore, read_failures
+from c2f_lib.features.store_bundles import load_coarse_split, load_moment_samples
 from c2f_lib.features.testing import write_numbered_video
 from c2f_lib.features.tiny_clip import TinyClipConfig, checkpoint_path, load_tiny_clip
 from c2f_lib.features.zero_shot import zero_shot_metrics

@@ -21,7 +21,8 @@ from c2f_lib.data.schema import read_captions, read_moments
 from c2f_lib.features.backbones import Backbone
 from c2f_lib.features.decode import SampledVideo, VideoDecodeError, sample_video
 from c2f_lib.features.motion import MotionConfig, motion_features
-from c2f_lib.features.store import FeatureStoreWriter, StoreMeta, failures_path, read_failures
+from c2f_lib.features.store import StoreMeta, failures_path, read_failures
+from c2f_lib.features.store_writer import FeatureStoreWriter
 from c2f_lib.progress import progress
 from c2f_lib.utils import atomic_write_json
 

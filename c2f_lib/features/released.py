@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from c2f_lib.data.schema import read_moments
-from c2f_lib.features.store import saliency_target
+from c2f_lib.features.store_bundles import saliency_target
 from c2f_lib.features.types import MomentSample
 
 H5_SUFFIXES = (".h5", ".hdf5")

@@ -13,7 +13,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from c2f_lib.data.schema import MomentQuery, VideoCaptions, parse_captions, parse_moment
-from c2f_lib.features.store import FeatureStoreWriter, StoreMeta
+from c2f_lib.features.store import StoreMeta
+from c2f_lib.features.store_writer import FeatureStoreWriter
 
 
 def random_records(num_videos: int = 6, queries_per_video: int = 2, duration: float = 20.0,

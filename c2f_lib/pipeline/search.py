@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from c2f_lib.data.schema import VideoCaptions, read_captions, read_moments
-from c2f_lib.features.store import FeatureStore, load_moment_samples
+from c2f_lib.features.store import FeatureStore
+from c2f_lib.features.store_bundles import load_moment_samples
 from c2f_lib.features.types import MomentSample
 from c2f_lib.pipeline.rerank import Gallery, prepare_gallery
 from c2f_lib.progress import progress

@@ -53,7 +53,7 @@ def extract_folder(videos: dict[str, Path], store_path: Path, backbone, cfg) -> 
     """Write frame and clip features of `videos` to the store (the dataset extractor's video half);
     `cfg` an ExtractConfig. Returns vid -> reason for the skipped ones."""
     from c2f_lib.features.extract import extract_videos, store_meta
-    from c2f_lib.features.store import FeatureStoreWriter
+    from c2f_lib.features.store_writer import FeatureStoreWriter
 
     failures: dict[str, str] = {}
     with FeatureStoreWriter(store_path, store_meta(backbone, cfg)) as writer:
