@@ -13,7 +13,8 @@ Two record kinds, both stored as JSON lines:
   ``{"vid", "duration"?, "captions": [str, ...], "meta"?: {...}}``.
 
 Files are validated on load; a malformed record raises ``SchemaError`` naming the file, the line
-and the field, so a bad annotation never reaches a model.
+(1-based, as an editor shows it) and the field, so a bad annotation never reaches a model. A qid (moments)
+or vid (captions) given twice in one file is an error too.
 """
 from __future__ import annotations
 
@@ -23,16 +24,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from c2f_lib.errors import UserError
 from c2f_lib.utils import atomic_path
 
 # Tolerance when checking windows against the duration: annotations are often rounded.
 WINDOW_EPS = 1e-3
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError, ValueError):
+    """A malformed record: ``<problem>, <file>:<line>:<field>``."""
+
     def __init__(self, path: str | Path, line: int, field_name: str, problem: str):
-        self.path, self.line, self.field, self.problem = str(path), line, field_name, problem
-        super().__init__(f"{path}:{line}: field '{field_name}': {problem}")
+        super().__init__(problem, str(path), line, field_name)
+
+    @property
+    def path(self) -> str:
+        return self.file
+
+    @property
+    def problem(self) -> str:
+        return self.what
 
 
 @dataclass
@@ -162,6 +173,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError("is a folder, expected a .jsonl file", path)
     with path.open() as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
@@ -172,8 +185,18 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                 raise SchemaError(path, line_no, "<json>", f"not valid JSON ({err.msg})") from None
 
 
-def _read_jsonl(path: str | Path, parse, **options: Any) -> list:
-    return [parse(record, path, line_no, **options) for line_no, record in iter_jsonl(path)]
+def _read_jsonl(path: str | Path, parse, unique: str, **options: Any) -> list:
+    """Parse every line; the `unique` field (qid / vid) may not repeat (as str: qid 1 and "1" collide)."""
+    records, first_line = [], {}
+    for line_no, raw in iter_jsonl(path):
+        record = parse(raw, path, line_no, **options)
+        key = str(getattr(record, unique))
+        if key in first_line:
+            raise SchemaError(path, line_no, unique, f"{unique} {getattr(record, unique)!r} given twice "
+                                                     f"(first on line {first_line[key]})")
+        first_line[key] = line_no
+        records.append(record)
+    return records
 
 
 def _write_jsonl(path: str | Path, records: Iterable) -> None:
@@ -187,7 +210,7 @@ def read_moments(path: str | Path, labelled: bool = True) -> list[MomentQuery]:
 
     labelled=False: queries may lack windows (a hidden test split, read for prediction only).
     """
-    return _read_jsonl(path, parse_moment, labelled=labelled)
+    return _read_jsonl(path, parse_moment, "qid", labelled=labelled)
 
 
 def unlabelled_queries(path: str | Path) -> list[MomentQuery]:
@@ -201,13 +224,7 @@ def write_moments(path: str | Path, records: Iterable[MomentQuery]) -> None:
 
 def read_captions(path: str | Path) -> list[VideoCaptions]:
     """Load and validate a video-captions jsonl file."""
-    records = _read_jsonl(path, parse_captions)
-    seen: dict[str, int] = {}
-    for i, record in enumerate(records):
-        if record.vid in seen:
-            raise SchemaError(path, i + 1, "vid", f"video {record.vid!r} listed twice")
-        seen[record.vid] = i
-    return records
+    return _read_jsonl(path, parse_captions, "vid")
 
 
 def write_captions(path: str | Path, records: Iterable[VideoCaptions]) -> None:

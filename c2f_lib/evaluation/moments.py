@@ -14,7 +14,9 @@ Plus ``R1@m``, ``R5@m`` (m in 0.3/0.5/0.7) and ``mIoU`` of the top-1 window for 
 (Charades-STA, TACoS); with several GT windows the best-overlapping one counts. All numbers are percent.
 Inputs are plain dicts: predictions in the QVHighlights submission format, ground truth as
 ``MomentQuery.to_json()`` records. Windows with end < start are refused: the official code scores them
-by accident (a 0/0 IoU compares as a hit), so there is no official number to match.
+by accident (a 0/0 IoU compares as a hit), so there is no official number to match. So are windows that
+start outside the video (before 0 or after its end), non-numeric or NaN values, repeated qids and empty
+inputs (no NaN metric is ever returned); errors name the predictions file, its line and the field.
 Checked against the official code (moment_detr@2fa9e32) on 3 x 1550 synthetic val submissions:
 every metric equal after rounding to 2 decimals.
 """
@@ -27,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from c2f_lib.data.schema import iter_jsonl
+from c2f_lib.data.schema import WINDOW_EPS, iter_jsonl, read_moments
+from c2f_lib.errors import UserError
 
 MAP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 R1_THRESHOLDS = MAP_THRESHOLDS
@@ -39,7 +42,7 @@ SALIENCY_LEVELS = {"Fair": 2, "Good": 3, "VeryGood": 4}
 MAX_PRED_WINDOWS = 10
 
 
-class PredictionError(ValueError):
+class PredictionError(UserError, ValueError):
     """Predictions that do not fit the ground truth (unknown/missing qids, malformed entries)."""
 
 
@@ -126,35 +129,63 @@ def _key(qid: Any) -> str:
     return str(qid)
 
 
-def match_predictions(preds: list[dict], gts: list[dict], match_number: bool = True,
-                      source: str = "predictions") -> tuple[list[dict], list[dict]]:
-    """Check predictions against the GT and return them aligned (same order as the GT)."""
-    by_qid: dict[str, dict] = {}
-    for i, pred in enumerate(preds):
-        if "qid" not in pred:
-            raise PredictionError(f"{source}: entry {i} has no 'qid'")
-        windows = pred.get("pred_relevant_windows")
-        if not isinstance(windows, list) or not windows or any(
-                not isinstance(w, (list, tuple)) or len(w) != 3 for w in windows):
-            raise PredictionError(f"{source}: qid {pred['qid']!r}: 'pred_relevant_windows' must be a "
-                                  "non-empty list of [start, end, score]")
-        reversed_window = next((w for w in windows if w[1] < w[0]), None)
-        if reversed_window is not None:
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _check_windows(pred: dict, duration: float | None, where: tuple[str, int]) -> None:
+    """[start, end, score] rows of finite numbers, start <= end, starting inside [0, duration)."""
+    windows = pred.get("pred_relevant_windows")
+    if not isinstance(windows, list) or not windows:
+        raise PredictionError("must be a non-empty list of [start, end, score]", *where, "pred_relevant_windows")
+    for j, window in enumerate(windows):
+        field = f"pred_relevant_windows[{j}]"
+        if not isinstance(window, (list, tuple)) or len(window) != 3 or not all(map(_number, window)):
+            raise PredictionError(f"expected three finite numbers [start, end, score], got {window!r}", *where, field)
+        start, end, _ = window
+        if end < start:
             # The official evaluator gets 0/0 IoU for such a window against a GT window of the opposite
             # length and counts that NaN as a hit, so any number we gave would disagree with it.
-            raise PredictionError(f"{source}: qid {pred['qid']!r}: window {reversed_window} ends before it "
-                                  "starts (write [start, end, score] with start <= end)")
-        if _key(pred["qid"]) in by_qid:
-            raise PredictionError(f"{source}: qid {pred['qid']!r} predicted twice")
-        by_qid[_key(pred["qid"])] = pred
-    gt_qids = {_key(g["qid"]) for g in gts}
-    unknown = sorted(set(by_qid) - gt_qids)
-    if unknown:
-        raise PredictionError(f"{source}: {len(unknown)} qid(s) not in the ground truth, e.g. {unknown[:5]}")
-    missing = sorted(gt_qids - set(by_qid))
+            raise PredictionError(f"window {window} ends before it starts (write [start, end, score] with "
+                                  "start <= end)", *where, field)
+        if start < -WINDOW_EPS or (duration is not None and start >= duration):
+            # An end past the video is scored as the official evaluator scores it (the overshoot lowers
+            # the IoU); a negative start or one after the end has no time in the video to stand for.
+            raise PredictionError(f"window {window} does not start inside the video "
+                                  f"(0 <= start < {duration:g} s)", *where, field)
+
+
+def match_predictions(preds: list[dict], gts: list[dict], match_number: bool = True,
+                      source: str = "predictions", lines: Sequence[int] | None = None) -> tuple[list[dict], list[dict]]:
+    """Check predictions against the GT and return them aligned (same order as the GT).
+
+    `lines[i]` is the file line of `preds[i]` (errors name it; default: its 1-based position).
+    """
+    if not preds:
+        raise PredictionError("no predictions (an empty file?)", source)
+    lines = list(lines) if lines is not None else list(range(1, len(preds) + 1))
+    durations = {_key(g["qid"]): g.get("duration") for g in gts}
+    by_qid: dict[str, dict] = {}
+    first_line: dict[str, int] = {}
+    for pred, line in zip(preds, lines):
+        where = (source, line)
+        if not isinstance(pred, dict):
+            raise PredictionError(f"expected a JSON object, got {type(pred).__name__} {pred!r}", *where)
+        if "qid" not in pred:
+            raise PredictionError("missing", *where, "qid")
+        key = _key(pred["qid"])
+        if key not in durations:
+            raise PredictionError(f"qid {pred['qid']!r} is not in the ground truth", *where, "qid")
+        if key in first_line:
+            raise PredictionError(f"qid {pred['qid']!r} predicted twice (first on line {first_line[key]})",
+                                  *where, "qid")
+        _check_windows(pred, durations[key], where)
+        by_qid[key], first_line[key] = pred, line
+    missing = sorted(set(durations) - set(by_qid))
     if missing and match_number:
-        raise PredictionError(f"{source}: {len(missing)} ground-truth qid(s) have no prediction, "
-                              f"e.g. {missing[:5]} (pass match_number=False to evaluate the subset)")
+        raise PredictionError(f"{len(missing)} ground-truth qid(s) have no prediction, e.g. {missing[:5]} "
+                              "(evaluate only the predicted ones with --allow-missing; in Python, "
+                              "match_number=False)", source)
     kept = [g for g in gts if _key(g["qid"]) in by_qid]
     return [by_qid[_key(g["qid"])] for g in kept], kept
 
@@ -249,9 +280,14 @@ def highlight_metrics(preds: list[dict], gts: list[dict], clip_len: float = 2.0)
 # ----------------------------------------------------------------------------- entry points
 def evaluate_moments(preds: list[dict], gts: list[dict], buckets: dict | None = None,
                      clip_len: float = 2.0, match_number: bool = True,
-                     source: str = "predictions") -> dict[str, Any]:
-    """All metrics. Returns {"brief": {...headline...}, "MR-<bucket>": {...}, "recall": {...}, "HL": {...}}."""
-    preds, gts = match_predictions(preds, gts, match_number=match_number, source=source)
+                     source: str = "predictions", lines: Sequence[int] | None = None) -> dict[str, Any]:
+    """All metrics. Returns {"brief": {...headline...}, "MR-<bucket>": {...}, "recall": {...}, "HL": {...}}.
+
+    `lines`: the file line of each prediction, for error messages (see `match_predictions`).
+    """
+    if not clip_len > 0:
+        raise ValueError(f"clip_len must be positive, got {clip_len}")
+    preds, gts = match_predictions(preds, gts, match_number=match_number, source=source, lines=lines)
     buckets = QVH_BUCKETS if buckets is None else buckets
     result: dict[str, Any] = {"n_queries": len(gts)}
     brief: dict[str, float] = {}
@@ -277,10 +313,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def evaluate_files(pred_path: str | Path, gt_path: str | Path, **kwargs) -> dict[str, Any]:
     """Evaluate a submission jsonl against a MomentQuery jsonl (validated with the schema)."""
-    from c2f_lib.data.schema import read_moments
-
     gts = [m.to_json() for m in read_moments(gt_path)]
-    return evaluate_moments(read_jsonl(pred_path), gts, source=str(pred_path), **kwargs)
+    if not gts:
+        raise UserError("no ground-truth queries (an empty file?)", gt_path)
+    rows = list(iter_jsonl(pred_path))
+    return evaluate_moments([pred for _, pred in rows], gts, source=str(pred_path),
+                            lines=[line for line, _ in rows], **kwargs)
 
 
 def write_predictions(path: str | Path, preds: list[dict]) -> None:

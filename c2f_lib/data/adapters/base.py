@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from c2f_lib.data.schema import MomentQuery, VideoCaptions, parse_captions, parse_moment
+from c2f_lib.errors import UserError
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """An original annotation file does not have the layout its adapter expects."""
 
-    def __init__(self, path: str | Path, problem: str):
-        self.path, self.problem = str(path), problem
-        super().__init__(f"{path}: {problem}")
+    def __init__(self, path: str | Path, problem: str, line: int | None = None, field: str | None = None):
+        super().__init__(problem, str(path), line, field)
 
 
 @dataclass
@@ -145,7 +145,7 @@ def read_json_file(path: Path) -> Any:
     try:
         return json.loads(need_file(path).read_text())
     except json.JSONDecodeError as err:
-        raise DatasetFormatError(path, f"not valid JSON ({err.msg}, line {err.lineno})") from None
+        raise DatasetFormatError(path, f"not valid JSON ({err.msg})", line=err.lineno) from None
 
 
 def read_csv_rows(path: Path, required: tuple[str, ...], delimiter: str = ",") -> list[dict[str, str]]:
@@ -158,7 +158,13 @@ def read_csv_rows(path: Path, required: tuple[str, ...], delimiter: str = ",") -
 
 
 def read_lines(path: Path) -> list[str]:
-    return [line.strip() for line in need_file(path).read_text().splitlines() if line.strip()]
+    return [line for _, line in numbered_lines(path)]
+
+
+def numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """(file line number, stripped text) of every non-blank line."""
+    lines = need_file(path).read_text().splitlines()
+    return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
 
 
 def expect_keys(path: Path, key: str, record: Any, keys: tuple[str, ...]) -> None:

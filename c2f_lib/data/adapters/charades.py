@@ -6,8 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from c2f_lib.data.adapters.base import (CleaningReport, DatasetFormatError, LoadedSplit, clean_window,
-                                        expect_keys, moments_from_sentences, read_csv_rows, read_json_file,
-                                        read_lines)
+                                        expect_keys, moments_from_sentences, numbered_lines, read_csv_rows,
+                                        read_json_file)
 from c2f_lib.data.schema import MomentQuery
 
 CHARADES_CG_FILES = {"train": "train.json", "novel_composition": "novel_composition.json",
@@ -33,15 +33,15 @@ def load_charades_sta(folder: Path, split: str) -> LoadedSplit:
     report = CleaningReport()
     moments: list[MomentQuery] = []
     per_video: dict[str, int] = defaultdict(int)
-    lines = read_lines(path)
-    for line_no, line in enumerate(lines, start=1):
+    lines = numbered_lines(path)
+    for line_no, line in lines:
         head, sep, sentence = line.partition("##")
         fields = head.split()
         if not sep or len(fields) != 3:
-            raise DatasetFormatError(path, f"line {line_no}: expected 'VID start end##sentence', got {line!r}")
+            raise DatasetFormatError(path, f"expected 'VID start end##sentence', got {line!r}", line=line_no)
         vid, start, end = fields[0], float(fields[1]), float(fields[2])
         if vid not in durations:
-            raise DatasetFormatError(path, f"line {line_no}: video {vid} has no length in the Charades csv")
+            raise DatasetFormatError(path, f"video {vid} has no length in the Charades csv", line=line_no)
         index = per_video[vid]
         per_video[vid] += 1
         window = clean_window(start, end, durations[vid], report, f"{path.name}:{line_no}")

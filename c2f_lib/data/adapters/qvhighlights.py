@@ -15,14 +15,18 @@ from c2f_lib.data.schema import MomentQuery
 UNLABELLED_SPLITS = ("test",)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(file line, record) of every non-blank line."""
     rows = []
     for line_no, line in enumerate(need_file(path).read_text().splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DatasetFormatError(path, f"line {line_no}: not valid JSON ({err.msg})") from None
+                raise DatasetFormatError(path, f"not valid JSON ({err.msg})", line=line_no) from None
+            if not isinstance(row, dict):
+                raise DatasetFormatError(path, f"expected a JSON object, got {type(row).__name__}", line=line_no)
+            rows.append((line_no, row))
     return rows
 
 
@@ -32,9 +36,19 @@ def load_qvhighlights(folder: Path, split: str) -> LoadedSplit:
     report = CleaningReport()
     moments = []
     rows = _read_jsonl(path)
-    for line_no, row in enumerate(rows, start=1):
+    first_line: dict[str, int] = {}
+    for line_no, row in rows:
+        missing = [key for key in ("qid", "query", "vid", "duration") if key not in row]
+        if missing:
+            raise DatasetFormatError(path, "missing", line_no, missing[0])
         if "relevant_windows" not in row and labelled:
-            raise DatasetFormatError(path, f"line {line_no}: no relevant_windows in labelled split {split!r}")
+            raise DatasetFormatError(path, f"no relevant_windows in labelled split {split!r}", line_no,
+                                     "relevant_windows")
+        qid = str(row.get("qid"))
+        if qid in first_line:
+            raise DatasetFormatError(path, f"qid {row['qid']!r} given twice (first on line {first_line[qid]})",
+                                     line_no, "qid")
+        first_line[qid] = line_no
         where = f"{path.name}:{line_no}"
         windows = [w for w in (clean_window(s, e, row["duration"], report, where)
                                for s, e in row.get("relevant_windows", [])) if w is not None]
@@ -46,4 +60,4 @@ def load_qvhighlights(folder: Path, split: str) -> LoadedSplit:
                                    relevant_clip_ids=row.get("relevant_clip_ids"),
                                    saliency_scores=row.get("saliency_scores")))
     return LoadedSplit("qvhighlights", split, moments, [], report, [str(path)],
-                       {"queries": len(rows), "videos": len({r["vid"] for r in rows})}, labelled=labelled)
+                       {"queries": len(rows), "videos": len({r["vid"] for _, r in rows})}, labelled=labelled)

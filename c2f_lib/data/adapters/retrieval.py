@@ -8,8 +8,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from c2f_lib.data.adapters.base import (CleaningReport, DatasetFormatError, LoadedSplit, read_csv_rows,
-                                        read_json_file, read_lines)
+from c2f_lib.data.adapters.base import (CleaningReport, DatasetFormatError, LoadedSplit, numbered_lines,
+                                        read_csv_rows, read_json_file, read_lines)
 from c2f_lib.data.schema import VideoCaptions
 
 MSRVTT_TRAIN_LISTS = {"train_9k": "MSRVTT_train.9k.csv", "train_7k": "MSRVTT_train.7k.csv"}
@@ -102,10 +102,10 @@ def load_lsmdc(folder: Path, split: str) -> LoadedSplit:
     path = folder / "LSMDC16_challenge_1000_publictect.csv"
     by_video: dict[str, list[str]] = {}
     durations, meta = {}, {}
-    for line_no, line in enumerate(read_lines(path), start=1):
+    for line_no, line in numbered_lines(path):
         fields = line.split("\t")
         if len(fields) != 6:
-            raise DatasetFormatError(path, f"line {line_no}: expected 6 tab-separated fields, got {len(fields)}")
+            raise DatasetFormatError(path, f"expected 6 tab-separated fields, got {len(fields)}", line=line_no)
         clip, start, end, sentence = fields[0], fields[1], fields[2], fields[5]
         by_video.setdefault(clip, []).append(sentence)
         length = _lsmdc_seconds(end, path) - _lsmdc_seconds(start, path)
