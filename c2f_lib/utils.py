@@ -15,6 +15,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from c2f_lib.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Set by `c2f run` for each stage's kernel: the notebook it runs and the run folder.
+STAGE_ENV, RUN_DIR_ENV = "C2F_STAGE", "C2F_RUN_DIR"
 # Packages whose versions are recorded next to every output.
 TRACKED_PACKAGES = (
     "torch", "torchvision", "open_clip_torch", "transformers", "numpy", "papermill",
@@ -32,16 +37,25 @@ def seed_everything(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
+class DeviceError(UserError, ValueError):
+    """A device name that is unknown, or names a GPU this machine does not have."""
+
+
 def resolve_device(name: str = "auto") -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'. Explicit names are checked."""
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but no CUDA device is visible")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise ValueError(f"unknown device {name!r}: use auto, cpu or cuda[:N]")
+    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise DeviceError(f"unknown device {name!r}: use auto, cpu or cuda[:N]")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} requested but no CUDA device is visible; use device auto or cpu")
+        index = int(name[5:] or 0)
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) "
+                              f"are visible")
     return name
 
 
@@ -54,6 +68,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; the file gets what open() would give
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -64,13 +79,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, strict: bool = False) -> None:
+    """`strict`: refuse NaN and infinity (Python writes them, but they are not JSON other tools read)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=not strict) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -93,7 +122,7 @@ def package_versions() -> dict[str, str]:
 
 def git_commit(repo: str | os.PathLike | None = None) -> str:
     """The checked-out commit (with '+dirty' when the tree has changes), or 'unknown'."""
-    repo = Path(repo) if repo else Path(__file__).resolve().parent.parent
+    repo = Path(repo) if repo else REPO_ROOT
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -105,12 +134,42 @@ def git_commit(repo: str | os.PathLike | None = None) -> str:
 
 
 def provenance(config: dict[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
-    """What to store next to any output so it can be reproduced."""
+    """What to store next to any output so it can be reproduced.
+
+    Paths inside the run folder or the repository are written relative to them (``<run_dir>/...``,
+    ``<repo>/...``), and a notebook kernel's argv (a random connection file) is replaced by the stage
+    that ran it, so the same work gives the same bytes wherever it ran.
+    """
     return {
-        "config": config or {},
+        "config": portable(config or {}),
         "seed": seed,
         "versions": package_versions(),
         "git_commit": git_commit(),
-        "argv": sys.argv,
+        "argv": command_line(),
         "host": platform.node(),
     }
+
+
+def command_line() -> list[str]:
+    """What is running: the stage the runner named (in its kernel), a notebook kernel, or this program's argv."""
+    if os.environ.get(STAGE_ENV):
+        return [f"c2f run: {os.environ[STAGE_ENV]}"]
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if program.startswith("ipykernel"):
+        return ["notebook kernel"]
+    return [program, *sys.argv[1:]]
+
+
+def portable(value: Any) -> Any:
+    """`value` with absolute paths under the run folder ($C2F_RUN_DIR) or the repository made relative."""
+    if isinstance(value, dict):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(item) for item in value]
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str) and os.path.isabs(value):
+        for base, name in ((os.environ.get(RUN_DIR_ENV), "<run_dir>"), (str(REPO_ROOT), "<repo>")):
+            if base and (value == base or value.startswith(base.rstrip(os.sep) + os.sep)):
+                return name + value[len(base.rstrip(os.sep)):]
+    return value

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from c2f_lib.evaluation import moments_cli
+from c2f_lib.cli import main as c2f
 from c2f_lib.evaluation.moments import (
     PredictionError, detection_ap, evaluate_moments, ranking_ap, temporal_iou)
 
@@ -175,13 +175,71 @@ def test_cli_writes_metrics(tmp_path, capsys):
     gt_path, pred_path, out = tmp_path / "gt.jsonl", tmp_path / "p.jsonl", tmp_path / "m.json"
     gt_path.write_text(json.dumps(_gt("a", [[0, 10]], duration=30.0)) + "\n")
     pred_path.write_text(json.dumps(_pred("a", [[0, 10, 0.5]])) + "\n")
-    parser = __import__("argparse").ArgumentParser()
-    moments_cli.add_arguments(parser)
-    assert moments_cli.main(parser.parse_args([str(pred_path), str(gt_path), "--out", str(out)])) == 0
+    assert c2f(["eval-moments", str(pred_path), str(gt_path), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["brief"]["MR-full-R1@0.7"] == 100.0
     pred_path.write_text(json.dumps(_pred("b", [[0, 10, 0.5]])) + "\n")
-    assert moments_cli.main(parser.parse_args([str(pred_path), str(gt_path)])) == 1
-    assert "not in the ground truth" in capsys.readouterr().err
+    assert c2f(["eval-moments", str(pred_path), str(gt_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"qid 'b' is not in the ground truth, {pred_path}:1:qid")
+
+
+def _eval_error(tmp_path, capsys, gt_rows, pred_rows, *flags) -> str:
+    """The one line `c2f eval-moments` prints for these files (rows: dicts or raw text lines)."""
+    gt_path, pred_path, out = tmp_path / "gt.jsonl", tmp_path / "p.jsonl", tmp_path / "m.json"
+    for path, rows in ((gt_path, gt_rows), (pred_path, pred_rows)):
+        path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    assert c2f(["eval-moments", str(pred_path), str(gt_path), "--out", str(out), *flags]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and not out.exists(), lines
+    return lines[0].replace(str(tmp_path) + "/", "")
+
+
+GT = [_gt(1, [[0, 10]], duration=30.0), _gt(2, [[5, 10]], duration=30.0)]
+PRED = [_pred(1, [[0, 10, 0.9]]), _pred(2, [[5, 10, 0.9]])]
+
+
+@pytest.mark.parametrize("gt_rows, pred_rows, expected", [
+    # Defect 5: each of these was accepted (rc 0), scored as a miss, or gave NaN metrics / invalid JSON.
+    (GT + [_gt(1, [[1, 2]], duration=30.0)], PRED, "qid 1 given twice (first on line 1), gt.jsonl:3:qid"),
+    (GT, PRED + [_pred(2, [[5, 10, 0.5]])], "qid 2 predicted twice (first on line 2), p.jsonl:3:qid"),
+    (GT, [PRED[0], '{"qid": 2, "pred_relevant_windows": [[NaN, 10, 0.9]]}'],
+     "expected three finite numbers [start, end, score], got [nan, 10, 0.9], p.jsonl:2:pred_relevant_windows[0]"),
+    (GT, [PRED[0], _pred(2, [["a", 10, 0.9]])],
+     "expected three finite numbers [start, end, score], got ['a', 10, 0.9], p.jsonl:2:pred_relevant_windows[0]"),
+    (GT, [PRED[0], _pred(2, [[-50, 100, 0.9]])],
+     "window [-50, 100, 0.9] does not start inside the video (0 <= start < 30 s), p.jsonl:2:pred_relevant_windows[0]"),
+    (GT, [PRED[0], _pred(2, [[5, 10, 0.9], [31, 40, 0.1]])],
+     "window [31, 40, 0.1] does not start inside the video (0 <= start < 30 s), p.jsonl:2:pred_relevant_windows[1]"),
+    (GT, [PRED[0], _pred(2, [[9, 5, 0.9]])], "ends before it starts (write [start, end, score] with start <= end), "
+                                             "p.jsonl:2:pred_relevant_windows[0]"),
+    (GT, ["", "5", PRED[1]], "expected a JSON object, got int 5, p.jsonl:2"),
+    (GT, [PRED[0]], "1 ground-truth qid(s) have no prediction, e.g. ['2'] (evaluate only the predicted ones with "
+                    "--allow-missing; in Python, match_number=False), p.jsonl"),
+    ([], [], "no ground-truth queries (an empty file?), gt.jsonl"),
+    (GT, [], "no predictions (an empty file?), p.jsonl"),
+    (GT, ["{"], "not valid JSON (Expecting property name enclosed in double quotes), p.jsonl:1:<json>"),
+])
+def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, gt_rows, pred_rows, expected):
+    assert _eval_error(tmp_path, capsys, gt_rows, pred_rows).endswith(expected)
+
+
+def test_cli_refuses_a_folder_and_a_zero_clip_length(tmp_path, capsys):
+    (tmp_path / "gt.jsonl").write_text(json.dumps(GT[0]) + "\n")
+    assert c2f(["eval-moments", str(tmp_path), str(tmp_path / "gt.jsonl")]) == 2
+    assert capsys.readouterr().err.strip() == f"c2f eval-moments: is a folder, expected a .jsonl file, {tmp_path}"
+    with pytest.raises(SystemExit):
+        c2f(["eval-moments", "p.jsonl", "gt.jsonl", "--clip-len", "0"])
+    assert "argument --clip-len: must be a positive number, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="clip_len must be positive"):
+        evaluate_moments(PRED, GT, clip_len=0.0)
+
+
+def test_allow_missing_evaluates_the_subset_and_writes_strict_json(tmp_path, capsys):
+    gt_path, pred_path, out = tmp_path / "gt.jsonl", tmp_path / "p.jsonl", tmp_path / "m.json"
+    gt_path.write_text("".join(json.dumps(g) + "\n" for g in GT))
+    pred_path.write_text(json.dumps(PRED[0]) + "\n")
+    assert c2f(["eval-moments", str(pred_path), str(gt_path), "--allow-missing", "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the metrics file"))
+    assert metrics["n_queries"] == 1 and metrics["brief"]["MR-full-R1@0.5"] == 100.0
 
 
 def test_qvhighlights_val_ground_truth_as_predictions(shared_datasets):
@@ -203,9 +261,7 @@ def test_cli_refuses_unlabelled_ground_truth(tmp_path, capsys):
     gt_path, pred_path = tmp_path / "hidden_gt.jsonl", tmp_path / "p.jsonl"
     gt_path.write_text(json.dumps({"qid": "a", "query": "qa", "vid": "va", "duration": 30.0}) + "\n")
     pred_path.write_text(json.dumps(_pred("a", [[0, 10, 0.5]])) + "\n")
-    parser = __import__("argparse").ArgumentParser()
-    moments_cli.add_arguments(parser)
-    assert moments_cli.main(parser.parse_args([str(pred_path), str(gt_path)])) == 1
+    assert c2f(["eval-moments", str(pred_path), str(gt_path)]) == 2
     err = capsys.readouterr().err
     assert str(gt_path) in err and "no relevant_windows" in err and "'a'" in err
 
@@ -233,11 +289,10 @@ def test_qvhighlights_test_predict_and_submit_but_not_evaluate(shared_datasets, 
     pred_path = tmp_path / "submission.jsonl"
     write_predictions(pred_path, model.predict(samples))
     assert [p["qid"] for p in read_jsonl(pred_path)] == [m.qid for m in split.moments[:6]]
-    parser = __import__("argparse").ArgumentParser()
-    moments_cli.add_arguments(parser)
     real = shared_datasets / "qvhighlights" / "highlight_test_release.jsonl"
-    assert moments_cli.main(parser.parse_args([str(pred_path), str(real)])) == 1
-    assert f"{real}: 1542 ground-truth queries have no relevant_windows" in capsys.readouterr().err
+    assert c2f(["eval-moments", str(pred_path), str(real)]) == 2
+    err = capsys.readouterr().err
+    assert "1542 ground-truth queries have no relevant_windows" in err and err.strip().endswith(str(real))
 
 
 # ------------------------------------------------------------------ official-evaluator regression

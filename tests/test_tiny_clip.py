@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from c2f_lib.data.schema import MomentQuery, VideoCaptions, write_captions, write_moments
-from c2f_lib.features import cli
 from c2f_lib.features.extract import ExtractConfig, extract_dataset
 from c2f_lib.features.store import FeatureStore, read_failures
 from c2f_lib.features.store_bundles import load_coarse_split, load_moment_samples
@@ -78,18 +77,18 @@ def test_extract_store_loaders_and_failures(dataset, tmp_path):
 
 
 def test_cli_rejects_a_store_made_with_other_settings(dataset, tmp_path, capsys):
-    import argparse
+    from c2f_lib.cli import main as c2f
 
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
     ckpt = checkpoint_path(dataset, TINY, tmp_path)
     load_tiny_clip(dataset, TINY, cache_dir=tmp_path)
-    base = ["--dataset-dir", str(dataset), "--backbone", f"tinyclip:{ckpt}", "--out", str(tmp_path / "s.h5"),
-            "--device", "cpu", "--splits", "val"]
-    assert cli.main(parser.parse_args(base + ["--num-frames", "3"])) == 0
+    base = ["features", "--dataset-dir", str(dataset), "--backbone", f"tinyclip:{ckpt}", "--out",
+            str(tmp_path / "s.h5"), "--device", "cpu", "--splits", "val"]
+    assert c2f(base + ["--num-frames", "3"]) == 0
     assert json.loads((tmp_path / "s.failures.json").read_text())[0]["vid"] == "broken"
-    assert cli.main(parser.parse_args(base + ["--num-frames", "5"])) == 2
-    assert "num_frames: stored 3 != requested 5" in capsys.readouterr().err
+    capsys.readouterr()
+    assert c2f(base + ["--num-frames", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("c2f features: ") and "num_frames: stored 3 != requested 5" in err[0]
 
 
 def test_tiny_clip_learns_synthmoments(tmp_path):

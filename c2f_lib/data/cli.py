@@ -2,38 +2,41 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from c2f_lib.data import registry
 
 
+ROOT_HELP = "annotation root (default: $C2F_SHARED_DATASETS or ../shared/datasets)"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", default=None,
-                        help="annotation root (default: $C2F_SHARED_DATASETS or ../shared/datasets)")
-    sub = parser.add_subparsers(dest="data_command", required=True)
-    sub.add_parser("list", help="list the registered datasets and whether their files are present")
-    stats = sub.add_parser("stats", help="counts, lengths and cleaning report per split")
-    stats.add_argument("name")
-    download = sub.add_parser("download", help="print the download steps and fetch the free annotation files")
-    download.add_argument("name")
-    download.add_argument("--print-only", action="store_true", help="only print the steps")
-    export = sub.add_parser("export", help="write the dataset into a run directory (moments/captions jsonl)")
-    export.add_argument("name")
-    export.add_argument("--run-dir", required=True)
-    export.add_argument("--splits", nargs="*", default=None)
-    export.add_argument("--coarse-captions", default="auto", choices=["auto", "native", "offline", "none"])
-    videos = sub.add_parser("videos", help="check which videos of a dataset are in a folder")
-    videos.add_argument("name")
-    videos.add_argument("folder")
-    videos.add_argument("--split", default=None)
+    parser.add_argument("--root", default=None, help=ROOT_HELP)
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    commands = {name: sub.add_parser(name, help=text, description=text) for name, text in (
+        ("list", "list the registered datasets and whether their files are present"),
+        ("stats", "counts, lengths and cleaning report per split"),
+        ("download", "print the download steps and fetch the free annotation files"),
+        ("export", "write the dataset into a run directory (moments/captions jsonl)"),
+        ("videos", "check which videos of a dataset are in a folder"))}
+    for name, command in commands.items():
+        # --root works after the subcommand too; SUPPRESS keeps a value given before it.
+        command.add_argument("--root", default=argparse.SUPPRESS, help=ROOT_HELP)
+        if name != "list":
+            command.add_argument("name", help="dataset name (see `c2f data list`)")
+    commands["download"].add_argument("--print-only", action="store_true", help="only print the steps")
+    export = commands["export"]
+    export.add_argument("--run-dir", required=True, help="run folder that receives data/<name>/")
+    export.add_argument("--splits", nargs="*", default=None, help="only these splits (default: every split)")
+    export.add_argument("--coarse-captions", default="auto", choices=["auto", "native", "offline", "none"],
+                        help="whole-video captions: the dataset's own (native), generated offline, auto "
+                             "(native, else offline), or none")
+    videos = commands["videos"]
+    videos.add_argument("folder", help="folder of video (or feature) files, searched recursively")
+    videos.add_argument("--split", default=None, help="only this split's videos (default: every split)")
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        return _COMMANDS[args.data_command](args)
-    except (KeyError, FileNotFoundError, ValueError) as err:
-        print(f"c2f data {args.data_command}: {err}", file=sys.stderr)
-        return 2
+    return _COMMANDS[args.data_command](args)
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
+import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -20,12 +21,13 @@ from pathlib import Path
 from typing import Callable
 
 from c2f_lib.data.adapters.activitynet import ACTIVITYNET_FILES, load_activitynet
-from c2f_lib.data.adapters.base import LoadedSplit
+from c2f_lib.data.adapters.base import DatasetFormatError, LoadedSplit
 from c2f_lib.data.adapters.charades import CHARADES_CG_FILES, load_charades_cg, load_charades_sta
 from c2f_lib.data.adapters.qvhighlights import load_qvhighlights
 from c2f_lib.data.adapters.retrieval import MSRVTT_TRAIN_LISTS, load_didemo, load_lsmdc, load_msrvtt, load_msvd
 from c2f_lib.data.adapters.tacos import TACOS_CG_FILES, load_tacos, load_tacos_cg
 from c2f_lib.data.schema import VideoCaptions, write_captions, write_moments
+from c2f_lib.errors import UserError
 from c2f_lib.paths import RunPaths
 from c2f_lib.utils import atomic_path, atomic_write_json, provenance
 
@@ -193,17 +195,34 @@ def list_datasets() -> list[DatasetInfo]:
     return list(DATASETS.values())
 
 
+class UnknownNameError(UserError, KeyError):
+    """A dataset or split name the registry does not know."""
+
+
 def get_dataset(name: str) -> DatasetInfo:
     if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
 def load_split(name: str, split: str, root: str | Path | None = None) -> LoadedSplit:
     info = get_dataset(name)
     if split not in info.splits:
-        raise KeyError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(info.splits)}")
-    return info.loader(info.path(root), split)
+        raise UnknownNameError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(info.splits)}")
+    loaded = info.loader(info.path(root), split)
+    _refuse_repeated_ids(loaded)
+    return loaded
+
+
+def _refuse_repeated_ids(split: LoadedSplit) -> None:
+    """A qid (or a captioned video) listed twice would be scored twice: refuse it, naming the source files."""
+    for kind, ids in (("qid", [str(m.qid) for m in split.moments]), ("vid", [c.vid for c in split.captions])):
+        seen: set[str] = set()
+        for value in ids:
+            if value in seen:
+                raise DatasetFormatError(", ".join(split.sources), f"{split.dataset}/{split.split}: {kind} "
+                                         f"{value!r} given twice", field=kind)
+            seen.add(value)
 
 
 def split_stats(split: LoadedSplit) -> dict[str, float | int | str]:
@@ -286,8 +305,9 @@ def export_dataset(name: str, out_dir: str | Path, root: str | Path | None = Non
         raise ValueError(f"coarse_captions must be auto/native/offline/none, got {coarse_captions!r}")
     target = RunPaths(out_dir).dataset_dir(name)
     meta: dict = {"dataset": name, "source_root": str(resolve_root(root)), "splits": {}}
-    for split_name in splits or _available_splits(name, root):
-        split = load_split(name, split_name, root)
+    loaded = [load_split(name, split_name, root) for split_name in splits or _available_splits(name, root)]
+    for split in loaded:  # every split loaded (and checked) before anything is written
+        split_name = split.split
         captions: list[VideoCaptions] = [] if coarse_captions in ("offline", "none") else split.captions
         caption_source = "native" if captions else None
         if coarse_captions == "offline" or (coarse_captions == "auto" and not captions and split.moments):
@@ -328,9 +348,14 @@ def download(name: str, root: str | Path | None = None, timeout_s: float = 60.0)
         if all((folder / member).is_file() for member in wanted):
             continue
         archive = folder / item.file_name
-        with atomic_path(archive) as tmp, urllib.request.urlopen(item.url, timeout=timeout_s) as response, \
-                tmp.open("wb") as handle:
-            shutil.copyfileobj(response, handle)
+        try:
+            with atomic_path(archive) as tmp, urllib.request.urlopen(item.url, timeout=timeout_s) as response, \
+                    tmp.open("wb") as handle:
+                shutil.copyfileobj(response, handle)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            reason = getattr(err, "reason", err)
+            raise UserError(f"cannot download {item.url} ({reason}); offline? fetch it by hand into {folder} "
+                            f"(`c2f data download {name} --print-only` lists every step)") from None
         if not item.members:
             written.append(archive)
             continue

@@ -24,10 +24,12 @@ from typing import Literal
 
 import numpy as np
 
+from c2f_lib.errors import UserError
+
 Backend = Literal["auto", "decord", "pyav"]
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(UserError, RuntimeError):
     """A video that cannot be opened or decoded (the extractor records it and moves on)."""
 
 
