@@ -51,3 +51,8 @@ class RunPaths:
     @property
     def manifests(self) -> Path:
         return self.run_dir / "manifests"
+
+    @property
+    def report(self) -> Path:
+        """The evaluation report stage 06 writes (markdown)."""
+        return self.run_dir / "report.md"

@@ -50,3 +50,30 @@ def test_each_stage_writes_metrics_with_provenance(tiny_run):
     for path in metrics:
         record = json.loads(path.read_text())
         assert "provenance" in record and record["provenance"]["versions"]["torch"], path.name
+
+
+def test_run_is_quiet_and_says_where_its_report_is(tiny_run):
+    """No kernel log lines (TCP-encryption warning, 'KeyboardInterrupt caught in kernel') and no
+    open_clip random-init warning; the run names its report and how to see its status."""
+    run_dir, first, _ = tiny_run
+    output = first.stdout + first.stderr
+    for noise in ("without encryption", "KeyboardInterrupt", "No pretrained weights", "Traceback"):
+        assert noise not in output, noise
+    assert f"report: {run_dir / 'report.md'}" in first.stdout and f"c2f status {run_dir}" in first.stdout
+
+
+def test_provenance_is_portable(tiny_run):
+    """Metrics recorded the kernel's random temp-file argv and absolute paths of the run folder."""
+    run_dir, _, _ = tiny_run
+    for path in sorted((run_dir / "metrics").glob("*.json")):
+        record = json.loads(path.read_text())["provenance"]
+        assert record["argv"][0].startswith("c2f run: notebooks/"), (path.name, record["argv"])
+        assert str(run_dir) not in json.dumps(record["config"]), path.name
+
+
+def test_status_of_the_finished_run(tiny_run):
+    run_dir, _, _ = tiny_run
+    status = subprocess.run([sys.executable, "-m", "c2f_lib.cli", "status", str(run_dir)], capture_output=True,
+                            text=True, timeout=300)
+    assert status.returncode == 0, status.stderr
+    assert "every stage is fresh" in status.stdout and f"report: {run_dir / 'report.md'}" in status.stdout

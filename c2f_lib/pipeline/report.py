@@ -210,6 +210,6 @@ def _leaves(metrics: dict, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, 
 
 
 def write_report(run_dir: str | Path, markdown: str) -> Path:
-    path = RunPaths(run_dir).run_dir / "report.md"
+    path = RunPaths(run_dir).report
     atomic_write_text(path, markdown)
     return path
