@@ -94,9 +94,64 @@ def test_hf_backbone_from_local_dir(hf_tiny_dir):
 
 
 def test_bad_specs_are_explained(tmp_path):
-    with pytest.raises(ValueError, match="ViT-B-32:openai"):
+    from c2f_lib.features.backbones import BackboneError
+
+    with pytest.raises(BackboneError, match="ViT-B-32:openai"):
         load_backbone("ViT-B-32")
-    with pytest.raises(ValueError, match="dataset_dir"):
-        load_backbone("tinyclip")
-    with pytest.raises(Exception):
+    with pytest.raises(BackboneError, match="not a known tag"):
+        load_backbone("ViT-B-32:no-such-tag")
+    with pytest.raises(BackboneError, match="cannot load backbone 'hf:"):
         load_backbone(f"hf:{tmp_path / 'nothing'}")
+
+
+def test_missing_tagged_weights_fail_at_once_when_the_hub_is_out_of_reach(monkeypatch):
+    """`c2f index` offline with the default ViT-B-32:openai retried for ~50 s, then printed a 106-line
+    traceback; now the hub is probed first and the load fails at once, saying how to get the weights."""
+    import socket
+
+    import huggingface_hub
+    import huggingface_hub.constants as hub
+    import open_clip
+
+    from c2f_lib.features.backbones import BackboneError
+
+    if isinstance(huggingface_hub.try_to_load_from_cache("timm/vit_base_patch32_clip_224.openai",
+                                                         "open_clip_pytorch_model.bin"), str):
+        pytest.skip("ViT-B-32 weights are cached here")
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    seen = {}
+    real = open_clip.create_model
+
+    def spy(*args, **kwargs):
+        seen["offline"] = hub.HF_HUB_OFFLINE
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)      # a user's machine: no HF_HUB_OFFLINE set
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(open_clip, "create_model", spy)
+    with pytest.raises(BackboneError) as err:
+        load_backbone("ViT-B-32:openai")
+    assert seen["offline"] is True and hub.HF_HUB_OFFLINE is False   # offline only while loading
+    message = str(err.value)
+    assert "huggingface.co cannot be reached" in message and "open_clip.create_model('ViT-B-32'" in message
+    assert "ViT-B-32:/path/to/weights.bin" in message and "\n" not in message
+
+
+def test_tinyclip_without_its_checkpoint_says_where_one_is(tmp_path):
+    from c2f_lib.features.backbones import BackboneError
+
+    with pytest.raises(BackboneError, match=r"'tinyclip' is trained on a dataset.*tinyclip:PATH"):
+        load_backbone("tinyclip")
+    with pytest.raises(BackboneError, match="tiny CLIP checkpoint not found"):
+        load_backbone(f"tinyclip:{tmp_path / 'nope.pt'}")
+
+
+def test_random_init_warning_is_silenced_where_weights_follow(caplog):
+    from c2f_lib.features.tiny_clip import TinyClipConfig, build_model
+
+    with caplog.at_level("WARNING"):
+        build_model(TinyClipConfig(vision_width=32, text_width=32, vision_layers=1, text_layers=1))
+    assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]

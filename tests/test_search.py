@@ -252,8 +252,83 @@ def test_cli_index_and_search_own_videos(tmp_path, capsys):
     assert {v for v, _ in record["ranked_videos"]} == {"a", "sub/b"}
     assert record["moments"] and all(0 <= m[1] < m[2] <= 4.0 + 1e-6 for m in record["moments"])
     assert len(record["saliency"]["a"]) == 4  # 4 s of video, 1 s clips
-    assert c2f(["search", "x", "--index", str(tmp_path / "nowhere")]) == 1
+    assert c2f(["search", "x", "--index", str(tmp_path / "nowhere")]) == 2
     assert "c2f index DIR" in capsys.readouterr().err
+
+
+def _tiny_clip_and_fine(tmp_path):
+    """A tiny CLIP checkpoint and a Moment-DETR that reads its features (sizes: 64 and its token width)."""
+    import dataclasses
+
+    from c2f_lib.features.backbones import load_backbone
+    from c2f_lib.features.tiny_clip import TinyClipConfig, build_model as build_clip
+    from c2f_lib.models.registry import build_model, save_model
+
+    clip_cfg = TinyClipConfig(vision_width=32, vision_layers=1, text_width=32, text_layers=1)
+    torch.manual_seed(0)
+    clip_ckpt = tmp_path / "tinyclip.pt"
+    torch.save({"state_dict": build_clip(clip_cfg).state_dict(), "config": dataclasses.asdict(clip_cfg)}, clip_ckpt)
+    backbone = load_backbone(f"tinyclip:{clip_ckpt}")
+    for name, text_dim in (("fine.pt", backbone.token_dim), ("wide_text.pt", backbone.token_dim * 2)):
+        save_model(tmp_path / name, build_model("moment_detr", {
+            "video_dim": backbone.embed_dim, "text_dim": text_dim, "hidden_dim": 16, "n_heads": 2, "ffn_dim": 32,
+            "num_queries": 4}))
+    return clip_ckpt
+
+
+@pytest.mark.slow
+def test_cli_index_matches_videos_by_content_and_refuses_bad_input_early(tmp_path, capsys):
+    """Defect 4: `c2f index` matched videos by file name, so a replaced video kept its old features and
+    duration. Also: an unusable --fine, a text-width mismatch, tinyclip without its checkpoint, a missing
+    folder and a store of other settings are one-line errors (status 2), found before any extraction."""
+    import json
+
+    from c2f_lib.cli import main as c2f
+    from c2f_lib.features.testing import write_numbered_video
+    from c2f_lib.pipeline.search import load_corpus
+
+    pytest.importorskip("c2f_lib.models.moment_detr")
+    clip_ckpt = _tiny_clip_and_fine(tmp_path)
+    videos, out = tmp_path / "videos", tmp_path / "index"
+    videos.mkdir()
+    write_numbered_video(videos / "a.mp4", num_frames=40, fps=10.0)
+    write_numbered_video(videos / "b.mp4", num_frames=30, fps=10.0)
+    index = ["index", str(videos), "--backbone", f"tinyclip:{clip_ckpt}", "--out", str(out), "--num-frames", "4",
+             "--clip-len", "1.0", "--device", "cpu"]
+    assert c2f(index + ["--fine", str(tmp_path / "fine.pt")]) == 0
+    assert load_corpus(out / "features.h5", ["a", "b"]).durations == [4.0, 3.0]
+    capsys.readouterr()
+
+    write_numbered_video(videos / "a.mp4", num_frames=60, fps=10.0)          # same name, another video
+    assert c2f(index) == 0
+    captured = capsys.readouterr()
+    assert "re-extracted a: its file changed" in captured.err and "b:" not in captured.err
+    assert "(0 skipped, 1 re-extracted)" in captured.out
+    assert load_corpus(out / "features.h5", ["a", "b"]).durations == [6.0, 3.0]
+
+    def refused(argv, expected):
+        assert c2f(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+        return err[0]
+
+    refused(index + ["--fine", str(tmp_path / "wide_text.pt")], "reads text tokens of width 64, the index's "
+            "backbone gives 32; index with the backbone it was trained on")
+    refused(index + ["--fine", str(clip_ckpt)], "not a usable fine checkpoint")
+    refused(index + ["--fine", str(tmp_path / "none.pt")], "fine checkpoint not found")
+    refused(["index", str(videos), "--backbone", "tinyclip", "--out", str(out)], "needs its checkpoint here")
+    refused(["index", str(tmp_path / "missing")], f"folder not found, {tmp_path / 'missing'}")
+    refused(index + ["--frames-per-clip", "2"], "built with other settings")
+    refused(index + ["--motion"], "needs --frames-per-clip 2 or more")
+    line = refused(["search", "a clock", "--index", str(out), "--fine", str(tmp_path / "wide_text.pt"),
+                    "--device", "cpu"], "reads text tokens of width 64")
+    assert line.startswith("c2f search: ") and line.endswith("wide_text.pt:--fine")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            c2f(["search", "x", "--index", str(out), "--device", "cuda"])
+        assert "argument --device: device 'cuda' requested but no CUDA device is visible" in capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["videos"]) == ["a", "b"]
 
 
 def _perturbed(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -18,19 +18,96 @@ Token ids are aligned with the token features (position i of both is one token, 
 and index a vocabulary of `backbone.vocab_size` entries (MESM's masked-word targets).
 
 Nothing is normalised here; every output is float32 on the CPU.
+
+Weights named by a tag are downloaded once (open_clip / transformers cache them). When the hub cannot be
+reached, loading fails at once with a `BackboneError` that says how to get the weights, instead of
+retrying for a minute.
 """
 from __future__ import annotations
 
 import json
+import logging
+import socket
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from c2f_lib.errors import UserError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HUB_HOST = "huggingface.co"
+
+
+class BackboneError(UserError, ValueError):
+    """A backbone that cannot be loaded here: unknown name, missing weights, hub out of reach."""
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers (never, in its offline mode)."""
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def hub_offline_unless_reachable() -> Iterator[bool]:
+    """Put huggingface_hub in offline mode for the block when the hub is out of reach (yields whether it
+    is): a cached file still loads, a missing one fails at once rather than after a minute of retries."""
+    import huggingface_hub.constants as hub
+
+    saved = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = offline = saved or not hub_reachable()
+    try:
+        yield offline
+    finally:
+        hub.HF_HUB_OFFLINE = saved
+
+
+class _HoldRecords(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+@contextmanager
+def quiet_open_clip() -> Iterator[None]:
+    """Hold what open_clip logs (through the root logger) while it builds a model: dropped if building
+    fails (the error raised says why), re-emitted if it succeeds, but for "No pretrained weights loaded
+    ... initialized randomly", which is noise where the weights are loaded or trained right after."""
+    root = logging.getLogger()
+    held = _HoldRecords()
+    root.addFilter(held)
+    try:
+        yield
+    finally:
+        root.removeFilter(held)
+    for record in held.records:
+        if not record.getMessage().startswith("No pretrained weights loaded for model"):
+            root.handle(record)
+
+
+def _weights_help(spec: str, offline: bool) -> str:
+    model_name, _, tag = spec.partition(":")
+    where = f"{HUB_HOST} cannot be reached" if offline else "the download failed"
+    return (f"{where}: fetch the weights once on a machine with internet (python -c \"import open_clip; "
+            f"open_clip.create_model('{model_name}', pretrained='{tag}')\") and copy ~/.cache/huggingface here, "
+            f"or pass a weights file ({model_name}:/path/to/weights.bin), or use the embedded tinyclip:CHECKPOINT")
 
 
 class Backbone(ABC):
@@ -103,8 +180,15 @@ class OpenClipBackbone(Backbone):
         import open_clip
 
         if model is None:
-            model = open_clip.create_model(model_name, pretrained=pretrained, precision=precision,
-                                           device=device, require_pretrained=pretrained is not None)
+            spec = name or f"{model_name}:{pretrained}"
+            with hub_offline_unless_reachable() as offline, quiet_open_clip():
+                try:
+                    model = open_clip.create_model(model_name, pretrained=pretrained, precision=precision,
+                                                   device=device, require_pretrained=pretrained is not None)
+                except RuntimeError as err:
+                    reason = str(err).splitlines()[0]
+                    hint = _weights_help(spec, offline) if "download" in reason.lower() else reason
+                    raise BackboneError(f"cannot load backbone {spec!r}: {hint}") from None
         self.model = model.eval().requires_grad_(False).to(device)
         if not hasattr(self.model, "token_embedding"):
             raise ValueError(f"{model_name}: only open_clip's standard CLIP class exposes token features")
@@ -146,8 +230,16 @@ class HFClipBackbone(Backbone):
         from transformers import AutoTokenizer, CLIPModel
 
         dtype = torch.float16 if precision == "fp16" else torch.float32
-        self.model = CLIPModel.from_pretrained(source, dtype=dtype).eval().requires_grad_(False).to(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        local = Path(source).is_dir()
+        offline = not local and not hub_reachable()
+        try:
+            self.model = CLIPModel.from_pretrained(source, dtype=dtype, local_files_only=local or offline)
+            self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local or offline)
+        except OSError as err:
+            where = f"{HUB_HOST} cannot be reached and it is not in the cache" if offline else str(err).splitlines()[0]
+            raise BackboneError(f"cannot load backbone 'hf:{source}': {where}; pass a local CLIPModel folder "
+                                f"(hf:/path/to/clip) or use the embedded tinyclip:CHECKPOINT") from None
+        self.model = self.model.eval().requires_grad_(False).to(device)
         cfg = self.model.config
         self.image_size = cfg.vision_config.image_size
         self.mean, self.std = CLIP_MEAN, CLIP_STD
@@ -195,6 +287,17 @@ def write_hf_clip_tokenizer(directory: str | Path) -> Path:
     return directory
 
 
+def _cached_tiny_clips() -> str:
+    """Where the pipeline's tiny CLIPs are (a run trains one into the cache; its store names it)."""
+    from c2f_lib.paths import DEFAULT_CACHE_DIR
+
+    found = sorted(DEFAULT_CACHE_DIR.glob("tinyclip-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not found:
+        return f"a pipeline run caches it as {DEFAULT_CACHE_DIR}/tinyclip-<hash>.pt; none is there now"
+    return (f"a pipeline run caches it in {DEFAULT_CACHE_DIR}; the newest is {found[0].name}, and a run's "
+            f"feature store names its own as the weights field")
+
+
 def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32",
                   dataset_dir: str | Path | None = None, tiny_cfg=None) -> Backbone:
     """Backbone from a spec: 'tinyclip' (trained on `dataset_dir`, cached), 'tinyclip:<checkpoint>',
@@ -203,6 +306,11 @@ def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32",
         from c2f_lib.features.tiny_clip import load_tiny_clip
 
         checkpoint = spec.partition(":")[2] or None
+        if checkpoint is None and dataset_dir is None:
+            raise BackboneError(f"backbone 'tinyclip' is trained on a dataset, so it needs its checkpoint here: "
+                                f"tinyclip:PATH ({_cached_tiny_clips()})")
+        if checkpoint is not None and not Path(checkpoint).is_file():
+            raise BackboneError("tiny CLIP checkpoint not found", checkpoint)
         return load_tiny_clip(dataset_dir, tiny_cfg, device=device, checkpoint=checkpoint)
     if spec.startswith("local-dir:"):
         return OpenClipBackbone(spec, None, device=device, precision=precision, name=spec)
@@ -210,6 +318,6 @@ def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32",
         return HFClipBackbone(spec[3:], device=device, precision=precision, name=spec)
     model_name, sep, pretrained = spec.partition(":")
     if not sep or not pretrained:
-        raise ValueError(f"backbone {spec!r}: use 'tinyclip', 'hf:<hub id or dir>' or "
-                         f"'<open_clip model>:<pretrained tag or weights file>' (e.g. ViT-B-32:openai)")
+        raise BackboneError(f"backbone {spec!r}: use 'tinyclip', 'hf:<hub id or dir>' or "
+                            f"'<open_clip model>:<pretrained tag or weights file>' (e.g. ViT-B-32:openai)")
     return OpenClipBackbone(model_name, pretrained, device=device, precision=precision, name=spec)

@@ -7,7 +7,9 @@ Layout (all arrays fp16 except indices)::
     /videos/<q(vid)>/frame_indices  [N]     decoded frame index of each row of `frames`
     /videos/<q(vid)>/clips          [L, D]  one feature per clip_len seconds, clip i = [i*c, (i+1)*c)
     /videos/<q(vid)>/motion         [L, M]  optional: the clip's motion descriptor (meta.motion names it)
-    /videos/<q(vid)>                attrs: vid, duration, fps, source, complete
+    /videos/<q(vid)>                attrs: vid, duration, fps, source, complete, and source_size +
+                                    source_mtime_ns (the source file's, when it is one: `c2f index`
+                                    re-extracts a video whose file changed)
                                     (q = percent-escaping, so ids may hold '/')
     /text_table                     attrs: rows (rows committed; rows past it are a cut-off append)
     /text_table/key         [T]     sha1(text) hex, the text's id (a text written twice: last row wins)
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ import h5py
 import numpy as np
 import torch
 
+from c2f_lib.errors import UserError
 from c2f_lib.features.motion import append_motion
 
 FORMAT = "c2f-feature-store/2"
@@ -56,7 +60,7 @@ SENTENCE_PART, TOKENS_PART, TOKEN_IDS_PART = 1, 2, 4
 TEXT_CHUNK_ROWS, TOKEN_CHUNK_ROWS = 64, 256
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A feature store that cannot be used: corrupt, foreign, or built with other settings."""
 
 
@@ -115,6 +119,15 @@ def video_key(vid: str) -> str:
     return quote(vid, safe="")
 
 
+def file_stamp(path: str | Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a file, or None when `path` is not one: what says a video file was replaced."""
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (stat.st_size, stat.st_mtime_ns) if os.path.isfile(path) else None
+
+
 def failures_path(store_path: str | Path) -> Path:
     """The json list of videos that could not be decoded, written beside the store."""
     store_path = Path(store_path)
@@ -153,6 +166,13 @@ def complete_names(group: h5py.Group | None) -> set[str]:
     if group is None:
         return set()
     return {name for name, item in group.items() if item.attrs.get("complete", False)}
+
+
+def source_stamp(group: h5py.Group) -> tuple[int, int] | None:
+    """The recorded (size, mtime_ns) of a video group's source file, or None."""
+    if "source_size" not in group.attrs:
+        return None
+    return int(group.attrs["source_size"]), int(group.attrs["source_mtime_ns"])
 
 
 @dataclass

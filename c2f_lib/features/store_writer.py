@@ -16,7 +16,7 @@ import torch
 
 from c2f_lib.features.store import (FORMAT, SENTENCE_PART, TEXT_CHUNK_ROWS, TEXT_TABLE, TOKEN_CHUNK_ROWS,
                                     TOKEN_IDS_PART, TOKENS_PART, StoreError, StoreMeta, TextRows, complete_names,
-                                    open_h5, read_meta, text_key, video_key)
+                                    file_stamp, open_h5, read_meta, source_stamp, text_key, video_key)
 
 
 class FeatureStoreWriter:
@@ -101,6 +101,16 @@ class FeatureStoreWriter:
     def has_video(self, vid: str) -> bool:
         return video_key(vid) in self._videos
 
+    def source_stamp(self, vid: str) -> tuple[int, int] | None:
+        """(size, mtime_ns) of the file `vid` was extracted from, as recorded (None: not recorded)."""
+        return source_stamp(self._h5["videos"][video_key(vid)]) if self.has_video(vid) else None
+
+    def drop_video(self, vid: str) -> None:
+        """Forget a stored video (its file was replaced): the next extraction encodes it again."""
+        if self.has_video(vid):
+            del self._h5["videos"][video_key(vid)]
+            self._videos.discard(video_key(vid))
+
     def has_text(self, text: str, with_token_ids: bool = False) -> bool:
         """Whether the text is stored (`with_token_ids`: together with its token ids)."""
         return text_key(text) in (self._texts_with_ids if with_token_ids else self._texts)
@@ -156,6 +166,9 @@ class FeatureStoreWriter:
         group.attrs["duration"] = float(duration) if duration is not None else float("nan")
         group.attrs["fps"] = float(fps) if fps is not None else float("nan")
         group.attrs["source"] = str(source)
+        stamp = file_stamp(source) if source else None
+        if stamp is not None:
+            group.attrs["source_size"], group.attrs["source_mtime_ns"] = stamp
         group.attrs["vid"] = vid
         group.attrs["complete"] = True
         self._videos.add(video_key(vid))

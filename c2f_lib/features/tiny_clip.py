@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from c2f_lib.data.schema import read_captions, read_moments
-from c2f_lib.features.backbones import OpenClipBackbone
+from c2f_lib.features.backbones import BackboneError, OpenClipBackbone, quiet_open_clip
 from c2f_lib.features.decode import open_video, uniform_indices
 from c2f_lib.paths import DEFAULT_CACHE_DIR
 from c2f_lib.progress import progress
@@ -81,8 +81,9 @@ def build_model(cfg: TinyClipConfig) -> torch.nn.Module:
 
     register_config()
     model_cfg = cfg.model_cfg()
-    return open_clip.create_model(MODEL_NAME, pretrained=None, embed_dim=model_cfg["embed_dim"],
-                                  vision_cfg=model_cfg["vision_cfg"], text_cfg=model_cfg["text_cfg"])
+    with quiet_open_clip():  # the weights are loaded or trained next
+        return open_clip.create_model(MODEL_NAME, pretrained=None, embed_dim=model_cfg["embed_dim"],
+                                      vision_cfg=model_cfg["vision_cfg"], text_cfg=model_cfg["text_cfg"])
 
 
 def training_data_hash(dataset_dir: str | Path) -> str:
@@ -233,7 +234,7 @@ def load_tiny_clip(dataset_dir: str | Path | None = None, cfg: TinyClipConfig | 
         model = build_model(cfg)
         model.load_state_dict(saved["state_dict"])
     except Exception as err:
-        raise RuntimeError(f"{checkpoint}: not a usable tiny CLIP checkpoint ({err}); delete it to retrain") from None
+        raise BackboneError(f"{checkpoint}: not a usable tiny CLIP checkpoint ({err}); delete it to retrain") from None
     backbone = OpenClipBackbone(MODEL_NAME, None, device=device, model=model, name="tinyclip")
     backbone.weights = checkpoint.stem
     backbone.training_log = saved.get("log", {})
