@@ -15,8 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from c2f_lib.features.types import MomentSample
-from c2f_lib.models.fine_batch import MomentBatch, collate_moments
-from c2f_lib.models.span_utils import inverse_sigmoid, postprocess_windows
+from c2f_lib.models.fine_batch import MomentBatch, collate_moments, group_key
+from c2f_lib.models.span_utils import POSTPROCESS_PROTOCOLS, inverse_sigmoid, postprocess_windows
+
+
+FFN_ACTIVATIONS = ("prelu", "relu")
 
 
 @dataclass
@@ -31,6 +34,7 @@ class FineConfig:
     dropout: float = 0.1
     input_dropout: float = 0.5
     n_input_proj: int = 2
+    ffn_activation: str = "prelu"  # transformer FFN: "prelu" (QD-DETR, MESM) or "relu" (Moment-DETR)
     enc_layers: int = 2
     dec_layers: int = 2
     num_queries: int = 10
@@ -38,6 +42,16 @@ class FineConfig:
     round_to_clip: bool = True    # post-processing: snap windows to the clip grid
     nms_threshold: float | None = None
     predict_batch_size: int = 32
+    # Post-processing of `predict` (span_utils.postprocess_windows): "correct" (ours) or "reference"
+    # (the official code: spans x duration, clamp to [0, max_ts_val], fp16 saliency); docs/DEVIATIONS.md.
+    postprocess: str = "correct"
+    max_ts_val: float = 150.0
+
+    def __post_init__(self) -> None:
+        if self.ffn_activation not in FFN_ACTIVATIONS:
+            raise ValueError(f"ffn_activation must be one of {FFN_ACTIVATIONS}, got {self.ffn_activation!r}")
+        if self.postprocess not in POSTPROCESS_PROTOCOLS:
+            raise ValueError(f"postprocess must be one of {POSTPROCESS_PROTOCOLS}, got {self.postprocess!r}")
 
 
 # ----------------------------------------------------------------------------- small pieces
@@ -86,8 +100,10 @@ def input_projection(in_dim: int, d: int, n_layers: int, dropout: float) -> nn.S
     return nn.Sequential(*layers)
 
 
-def feed_forward(d: int, ffn: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d, ffn), nn.PReLU(), nn.Dropout(dropout), nn.Linear(ffn, d))
+def feed_forward(d: int, ffn: int, dropout: float, activation: str) -> nn.Sequential:
+    """Linear -> PReLU (one learned slope) or ReLU -> Dropout -> Linear."""
+    act = nn.PReLU() if activation == "prelu" else nn.ReLU()
+    return nn.Sequential(nn.Linear(d, ffn), act, nn.Dropout(dropout), nn.Linear(ffn, d))
 
 
 def _with(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
@@ -98,10 +114,10 @@ def _with(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
 class EncoderLayer(nn.Module):
     """Post-norm self-attention layer; positions are added to queries and keys."""
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, activation: str):
         super().__init__()
         self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
-        self.ffn = feed_forward(d, ffn, dropout)
+        self.ffn = feed_forward(d, ffn, dropout, activation)
         self.norm1, self.norm2, self.drop = nn.LayerNorm(d), nn.LayerNorm(d), nn.Dropout(dropout)
 
     def forward(self, x, pos, mask):                      # x [B, L, d], mask [B, L] True = valid
@@ -116,10 +132,10 @@ class CrossAttentionLayer(nn.Module):
     x = q + Drop(MHA(q + pos_q, k + pos_k, k)); x = x + Drop(FFN(LN1(x))); out = LN2(x).
     """
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, activation: str):
         super().__init__()
         self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
-        self.ffn = feed_forward(d, ffn, dropout)
+        self.ffn = feed_forward(d, ffn, dropout, activation)
         self.norm1, self.norm2, self.drop = nn.LayerNorm(d), nn.LayerNorm(d), nn.Dropout(dropout)
 
     def forward(self, q, k, k_mask, pos_q=None, pos_k=None):   # q [B, Lq, d], k [B, Lk, d], k_mask [B, Lk]
@@ -134,11 +150,11 @@ class CrossAttentionLayer(nn.Module):
 class DETRDecoderLayer(nn.Module):
     """Vanilla DETR decoder layer (Moment-DETR): learned query positions, post-norm."""
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, activation: str):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         self.cross_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
-        self.ffn = feed_forward(d, ffn, dropout)
+        self.ffn = feed_forward(d, ffn, dropout, activation)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(3))
         self.drop = nn.Dropout(dropout)
 
@@ -200,11 +216,11 @@ class ConditionalCrossAttention(nn.Module):
 
 
 class AnchorDecoderLayer(nn.Module):
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float, first: bool):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, activation: str, first: bool):
         super().__init__()
         self.self_attn = DecoderSelfAttention(d, heads, dropout)
         self.cross_attn = ConditionalCrossAttention(d, heads, dropout, first)
-        self.ffn = feed_forward(d, ffn, dropout)
+        self.ffn = feed_forward(d, ffn, dropout, activation)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(3))
         self.drop = nn.Dropout(dropout)
 
@@ -223,9 +239,9 @@ class AnchorDecoder(nn.Module):
     detached before it feeds the next layer, as in the references.
     """
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float, n_layers: int):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, activation: str, n_layers: int):
         super().__init__()
-        self.layers = nn.ModuleList(AnchorDecoderLayer(d, heads, ffn, dropout, first=i == 0)
+        self.layers = nn.ModuleList(AnchorDecoderLayer(d, heads, ffn, dropout, activation, first=i == 0)
                                     for i in range(n_layers))
         self.ref_point_head = MLP(d, d, d, 2)        # sine(center) ++ sine(width) -> query position
         self.query_scale = MLP(d, d, d, 2)           # content-dependent scaling from layer 2 on
@@ -314,21 +330,41 @@ class FineGroundingModel(nn.Module):
                 extent = s.clip_feats.shape[0] * s.clip_len
                 windows = postprocess_windows(out["pred_spans"][j].cpu(), probs[j].cpu(), extent, s.clip_len,
                                               top_k=top_k, nms_threshold=self.cfg.nms_threshold,
-                                              round_to_clip=self.cfg.round_to_clip, duration=s.duration)
+                                              round_to_clip=self.cfg.round_to_clip, duration=s.duration,
+                                              protocol=self.cfg.postprocess, max_ts_val=self.cfg.max_ts_val)
                 saliency = out["saliency"][j, : s.clip_feats.shape[0]].float().cpu()
                 results[index[j]] = {"qid": s.qid, "query": s.query, "vid": s.vid,
                                      "pred_relevant_windows": windows,
-                                     "pred_saliency_scores": [round(v, 4) for v in saliency.tolist()]}
+                                     "pred_saliency_scores": saliency_values(saliency, self.cfg.postprocess)}
         self.train(was_training)
         return results  # type: ignore[return-value]
 
 
-def negative_partner(vids: list[str]) -> torch.Tensor | None:
-    """For each query, the next query in the batch from a *different* video ([B] long), or None if all share one."""
+def saliency_values(saliency: torch.Tensor, protocol: str) -> list[float]:
+    """[L] -> the submitted per-clip scores: 4 decimals (ours) or float16 values (the references' `.half()`,
+    whose ties can change HIT@1)."""
+    if protocol == "reference":
+        return saliency.half().tolist()
+    return [round(v, 4) for v in saliency.tolist()]
+
+
+NEGATIVE_PARTNERS = ("other_video", "other_group", "roll")
+
+
+def negative_partner(vids: list[str], mode: str = "other_video") -> torch.Tensor | None:
+    """[B] long: each query's negative-pair partner, or None when there is none.
+
+    "roll": the next query, (i + 1) % B (QD-DETR, even when it shows the same video); "other_video":
+    the next query of a *different* video; "other_group": of a different YouTube-id group (MESM's rule;
+    MESM draws it at random, we take the next one, the batch being shuffled).
+    """
     B = len(vids)
+    if mode == "roll":
+        return torch.arange(1, B + 1) % B if B > 1 else None
+    keys = [group_key(v) for v in vids] if mode == "other_group" else vids
     partner = []
     for i in range(B):
-        j = next((j % B for j in range(i + 1, i + B) if vids[j % B] != vids[i]), None)
+        j = next((j % B for j in range(i + 1, i + B) if keys[j % B] != keys[i]), None)
         if j is None:
             return None
         partner.append(j)

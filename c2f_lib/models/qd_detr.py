@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from c2f_lib.models.detr_blocks import (
-    AnchorDecoder, CrossAttentionLayer, EncoderLayer, FineConfig, FineGroundingModel, MLP, negative_partner,
-    video_positions)
+    NEGATIVE_PARTNERS, AnchorDecoder, CrossAttentionLayer, EncoderLayer, FineConfig, FineGroundingModel, MLP,
+    negative_partner, video_positions)
 from c2f_lib.models.denoising import denoising_attention_mask, noised_anchors
 from c2f_lib.models.fine_batch import MomentBatch
 from c2f_lib.models.registry import register
@@ -26,6 +26,9 @@ from c2f_lib.models.span_utils import inverse_sigmoid
 class QDDETRConfig(FineConfig):
     t2v_layers: int = 2
     negative_pairs: bool = True   # compute saliency for mismatched (video, query) pairs while training
+    # Whose query a video is paired with for that: "other_video" (ours: the next query of another video),
+    # "roll" (QD-DETR: the next query, even of the same video), "other_group" (MESM; its default).
+    negative_partner: str = "other_video"
     # Denoising queries, our addition (c2f_lib.models.denoising): off by default, as in the papers;
     # notebook 05 turns them on because they learn far faster on small data. Training only: inference
     # and imported checkpoints are unaffected.
@@ -33,13 +36,22 @@ class QDDETRConfig(FineConfig):
     dn_noise: float = 0.4         # their jitter: centre ± noise * w / 2, width * (1 ± noise)
     dn_negatives: bool = True     # add one far-off negative (background) per GT span and group (DINO)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.negative_partner not in NEGATIVE_PARTNERS:
+            raise ValueError(f"negative_partner must be one of {NEGATIVE_PARTNERS}, got {self.negative_partner!r}")
+
 
 @register("qd_detr", QDDETRConfig)
 class QDDETR(FineGroundingModel):
+    # QD-DETR lets every encoder query attend to the global token; MESM hides it as a key (its
+    # `Transformer.forward` marks it as padding), so the global token reads the clips but no clip reads it.
+    global_token_is_key = True
+
     def __init__(self, cfg: QDDETRConfig):
         super().__init__(cfg)
         d = cfg.hidden_dim
-        block = (d, cfg.n_heads, cfg.ffn_dim, cfg.dropout)
+        block = (d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.ffn_activation)
         self.t2v_encoder = nn.ModuleList(CrossAttentionLayer(*block) for _ in range(cfg.t2v_layers))
         self.encoder = nn.ModuleList(EncoderLayer(*block) for _ in range(cfg.enc_layers))
         self.decoder = AnchorDecoder(*block, n_layers=cfg.dec_layers)
@@ -58,7 +70,7 @@ class QDDETR(FineGroundingModel):
         B = x.shape[0]
         x = torch.cat([self.global_rep_token.expand(B, 1, -1), x], 1)                 # [B, 1+L, d]
         pos = torch.cat([self.global_rep_pos.expand(B, 1, -1), video_pos], 1)
-        mask = torch.cat([video_mask.new_ones(B, 1), video_mask], 1)
+        mask = torch.cat([video_mask.new_full((B, 1), self.global_token_is_key), video_mask], 1)
         for layer in self.encoder:
             x = layer(x, pos, mask)
         return x[:, 1:], x[:, 0]
@@ -68,7 +80,7 @@ class QDDETR(FineGroundingModel):
             / math.sqrt(self.cfg.hidden_dim)
 
     # Hooks MESM overrides; QD-DETR reads the projected words and video as they are.
-    def text_tokens(self, batch: MomentBatch, video, words, out: dict):
+    def text_tokens(self, batch: MomentBatch, video, words, out: dict, extras: bool):
         """Text tokens the T2V layers read ([B, Lt, d], mask [B, Lt])."""
         return words, batch.text_mask
 
@@ -85,16 +97,20 @@ class QDDETR(FineGroundingModel):
         mask = denoising_attention_mask(cfg.num_queries, cfg.dn_groups, anchors.shape[1] // cfg.dn_groups, valid)
         return {"anchors": anchors, "self_mask": mask, "targets": targets, "valid": valid, "positive": positive}
 
-    def forward(self, batch: MomentBatch) -> dict:
+    def forward(self, batch: MomentBatch, training_outputs: bool | None = None) -> dict:
+        """Outputs of `FineGroundingModel`; with `training_outputs` (default: in training mode) also the
+        training-only ones: negative-pair saliency, MESM's reconstruction branches, denoising queries.
+        In eval mode that is the references' `is_training=True` forward without dropout."""
+        extras = self.training if training_outputs is None else training_outputs
         out: dict = {}
         video = self.project_video(batch)                                               # [B, L, d]
         pos = video_positions(batch.video_mask, self.cfg.hidden_dim)
         words = self.input_txt_proj(batch.text)                                         # [B, Lq, d]
-        text, text_mask = self.text_tokens(batch, video, words, out)                    # [B, Lt, d]
+        text, text_mask = self.text_tokens(batch, video, words, out, extras)             # [B, Lt, d]
         memory, global_token = self.encode(self.enhance_video(video, pos, words, batch.text_mask),
                                            batch.video_mask, pos, text, text_mask)
         anchors = self.query_embed.weight.sigmoid()[None].expand(video.shape[0], -1, -1)  # [B, Q, 2]
-        dn = self.denoising_queries(batch) if self.training and self.cfg.dn_groups > 0 else None
+        dn = self.denoising_queries(batch) if extras and self.cfg.dn_groups > 0 else None
         if dn is not None:
             anchors = torch.cat([anchors, dn.pop("anchors").to(anchors)], 1)              # [B, Q + G*K, 2]
         hidden, starts = self.decoder(memory, batch.video_mask, pos, anchors,
@@ -104,12 +120,18 @@ class QDDETR(FineGroundingModel):
         out.update(self.heads(hidden[:, :, :Q], spans[:, :, :Q], self.saliency(memory, global_token)))
         if dn is not None:
             out["dn"] = {**dn, "pred_logits": self.class_embed(hidden[:, :, Q:]), "pred_spans": spans[:, :, Q:]}
-        partner = negative_partner(batch.vids) if self.training and self.cfg.negative_pairs else None
+        partner = self.partners(batch) if extras and self.cfg.negative_pairs else None
         if partner is not None:
             partner = partner.to(video.device)
             neg_video = self.enhance_video(video, pos, words[partner], batch.text_mask[partner])
             neg_memory, neg_global = self.encode(neg_video, batch.video_mask, pos, text[partner], text_mask[partner])
             out["saliency_neg"] = self.saliency(neg_memory, neg_global)
-        if self.training:
+        if extras:
             self.extra_outputs(batch, video, pos, words, out)
         return out
+
+    def partners(self, batch: MomentBatch) -> torch.Tensor | None:
+        """[B] the query whose text each video gets in the negative pair (`batch.partner` if given)."""
+        if batch.partner is not None:
+            return batch.partner
+        return negative_partner(batch.vids, self.cfg.negative_partner)
