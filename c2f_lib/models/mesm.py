@@ -38,9 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from c2f_lib.features.types import MomentSample
-from c2f_lib.models.detr_blocks import CrossAttentionLayer, MLP
+from c2f_lib.models.detr_blocks import MLP
+from c2f_lib.models.detr_layers import CrossAttentionLayer
 from c2f_lib.models.fine_batch import MomentBatch, group_key
-from c2f_lib.models.qd_detr import QDDETR, QDDETRConfig
+from c2f_lib.models.fused import FusedSequential
+from c2f_lib.models.qd_detr import QDDETR, QDDETRConfig, SharedProjections
 from c2f_lib.models.registry import register
 
 CONTEXT_MODES = ("self", "transductive")
@@ -119,8 +121,8 @@ class MESM(QDDETR):
                 self.unknown_word_token = nn.Parameter(torch.zeros(cfg.text_dim))
             self.mlm_head = MLP(d, d, cfg.text_dim, 2)                         # feature targets (no ids)
             if cfg.mlm_over_vocab:                                             # MESM's `output_txt_proj`
-                self.mlm_vocab_head = nn.Sequential(nn.LayerNorm(d), nn.Dropout(cfg.input_dropout),
-                                                    nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.mlm_classes))
+                self.mlm_vocab_head = FusedSequential(nn.LayerNorm(d), nn.Dropout(cfg.input_dropout),
+                                                      nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.mlm_classes))
                 self.register_buffer("word_class", self.word_class_table(cfg), persistent=False)
         if cfg.use_ss:
             self.ss_layers = nn.ModuleList(CrossAttentionLayer(*block) for _ in range(cfg.ss_layers))
@@ -138,12 +140,22 @@ class MESM(QDDETR):
         return table
 
     # ---------------------------------------------------------------- FW-MESM
-    def enhance_video(self, video, pos, words, words_mask):
+    def enhance_video(self, video, pos, words, words_mask, shared: SharedProjections | None = None):
         if not self.cfg.use_fw:
             return video
-        for layer in self.enhance_encoder:                         # frames attend to words
-            video = layer(video, words, words_mask, pos_q=pos)
+        for i, layer in enumerate(self.enhance_encoder):           # frames attend to words
+            given = {} if shared is None else shared.layer_inputs(layer, shared.word_kv[i])
+            video = layer(video, words, words_mask, pos_q=pos, **given)
         return video
+
+    def video_query_layers(self) -> list[nn.Module]:
+        return (list(self.enhance_encoder) if self.cfg.use_fw else []) + list(self.t2v_encoder)
+
+    def share_projections(self, video, pos, words, text) -> SharedProjections:
+        shared = super().share_projections(video, pos, words, text)
+        if self.cfg.use_fw:
+            shared.word_kv = [layer.attn.project_keys(words) for layer in self.enhance_encoder]
+        return shared
 
     def mask_words(self, text_mask: torch.Tensor) -> torch.Tensor:
         """[B, Lq] valid tokens -> [B, Lq] the masked ones: max(floor(l * fraction), 1) of a sentence's

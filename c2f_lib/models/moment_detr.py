@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from c2f_lib.models.detr_blocks import (
-    DETRDecoderLayer, EncoderLayer, FineConfig, FineGroundingModel, MLP, video_positions)
+from c2f_lib.models.detr_blocks import MLP, FineConfig, FineGroundingModel, video_positions
+from c2f_lib.models.detr_layers import DETRDecoderLayer, EncoderLayer
 from c2f_lib.models.fine_batch import MomentBatch
 from c2f_lib.models.registry import register
 
