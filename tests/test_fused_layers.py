@@ -25,7 +25,8 @@ def _pair(dropout=0.1):
 
 def _inputs():
     g = torch.Generator().manual_seed(1)
-    x, pos, other = torch.randn(3, 9, D, generator=g), torch.randn(3, 9, D, generator=g), torch.randn(3, 5, D, generator=g)
+    x, pos = torch.randn(3, 9, D, generator=g), torch.randn(3, 9, D, generator=g)
+    other = torch.randn(3, 5, D, generator=g)
     mask = torch.ones(3, 9, dtype=torch.bool)
     mask[1, 6:] = False
     other_mask = torch.ones(3, 5, dtype=torch.bool)
