@@ -1,7 +1,7 @@
 """Padding a list of MomentSample into one batch of tensors (+ masks) for the DETR-family models."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -21,12 +21,16 @@ class MomentBatch:
     durations: list[float]
     token_ids: torch.Tensor | None = None  # [B, Lq] long tokenizer ids (0 at padding); None unless every
                                            # sample carries them (MESM then falls back to feature targets)
+    # The random draws of a training step, to reproduce another implementation's (None: drawn as usual).
+    partner: torch.Tensor | None = None       # [B] long, the negative pair's query (models)
+    pos_clips: torch.Tensor | None = None     # [B, P] long, hinge positives (fine_losses.saliency_pairs)
+    neg_clips: torch.Tensor | None = None     # [B, P] long, hinge negatives
+    masked_words: torch.Tensor | None = None  # [B, Lq] bool, MESM's masked words (MESM.mask_words)
 
     def to(self, device: str | torch.device) -> "MomentBatch":
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return MomentBatch(move(self.video), move(self.video_mask), move(self.text), move(self.text_mask),
-                           move(self.saliency), [move(s) for s in self.spans], self.vids, self.durations,
-                           None if self.token_ids is None else move(self.token_ids))
+        moved = {f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, spans=[s.to(device, non_blocking=True) for s in self.spans], **moved)
 
     def window_clip_mask(self) -> torch.Tensor:
         """[B, L] bool: clips whose centre lies inside any GT window."""
@@ -37,6 +41,16 @@ class MomentBatch:
             for c, w in spans.tolist():
                 inside[b] |= (centers[b] >= c - w / 2) & (centers[b] <= c + w / 2)
         return inside & self.video_mask
+
+
+def group_key(vid: str) -> str:
+    """QVHighlights-style 'ytid_start_end' -> 'ytid'; any other id is its own group."""
+    parts = vid.rsplit("_", 2)
+    try:
+        float(parts[1]), float(parts[2])
+    except (IndexError, ValueError):
+        return vid
+    return parts[0]
 
 
 def _pad(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +64,10 @@ def _pad(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, mask
 
 
-def collate_moments(samples: list[MomentSample]) -> MomentBatch:
-    """Pad clip and token features; GT windows become normalised (c, w) spans of each sample's video."""
+def collate_moments(samples: list[MomentSample], clip_spans: bool = True) -> MomentBatch:
+    """Pad clip and token features; GT windows become (c, w) spans normalised by each sample's clip
+    extent (clips x clip_len), clipped to [0, 1] unless `clip_spans` is False (the references: a window
+    past the features' end then gets a span past 1, which no sigmoid output reaches)."""
     if not samples:
         raise ValueError("collate_moments: empty list of samples")
     video, video_mask = _pad([s.clip_feats.float() for s in samples])
@@ -60,7 +76,7 @@ def collate_moments(samples: list[MomentSample]) -> MomentBatch:
     for i, s in enumerate(samples):
         length = s.clip_feats.shape[0] * s.clip_len      # the features' time extent
         se = torch.tensor(s.windows, dtype=torch.float32).reshape(-1, 2) / max(length, 1e-6)
-        spans.append(se_to_cw(se.clamp(0, 1)))
+        spans.append(se_to_cw(se.clamp(0, 1) if clip_spans else se))
         if s.saliency is not None:
             saliency[i, : len(s.saliency)] = s.saliency.float()
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from c2f_lib.models.fine_batch import MomentBatch
+from c2f_lib.models.fine_batch import MomentBatch, group_key
 from c2f_lib.models.fine_presets import FineLossWeights
 from c2f_lib.models.matcher import hungarian_match
 from c2f_lib.models.span_utils import cw_to_se, paired_giou, pairwise_iou_giou
@@ -67,8 +67,11 @@ def denoising_losses(dn: dict, w: FineLossWeights) -> dict[str, torch.Tensor]:
     return terms
 
 
-def is_binary(labels: torch.Tensor) -> bool:
-    """True for GT-membership targets (Charades/TACoS), False for graded QVHighlights scores."""
+def is_binary(labels: torch.Tensor, kind: str = "auto") -> bool:
+    """True for GT-membership targets (Charades/TACoS), False for graded QVHighlights scores; "auto":
+    binary when every label is 0 or 1 (FineLossWeights.saliency_labels)."""
+    if kind != "auto":
+        return kind == "binary"
     return bool(((labels == 0) | (labels == 1)).all())
 
 
@@ -79,17 +82,18 @@ def _random_member(allowed: torch.Tensor, k: int) -> torch.Tensor:
     return torch.where(value >= 0, index, index[:, :1])
 
 
-def saliency_pairs(labels, inside, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def saliency_pairs(labels, inside, mask, kind: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(positive, negative) clip indices [B, 2] each and a [B] flag of queries that have pairs.
 
     Graded labels (QD-DETR / Moment-DETR on QVHighlights): pair 1 is the hard pair, the highest- vs
     the lowest-scored GT clip (ties: latest vs earliest clip, as the reference's ascending argsort);
     pair 2 is the easy pair, a random GT clip vs a random clip outside the GT (a copy of the hard
     pair when no clip lies outside). Binary labels (Charades/TACoS, no graded scores): 2 random GT
-    clips vs 2 random clips outside, as MESM/lighthouse sample them. `inside` marks the GT clips.
+    clips vs 2 random clips outside, as MESM/lighthouse sample them. `inside` marks the GT clips;
+    `kind` is FineLossWeights.saliency_labels.
     """
     inside, outside = inside & mask, ~inside & mask
-    if is_binary(labels):
+    if is_binary(labels, kind):
         return _random_member(inside, 2), _random_member(outside, 2), inside.any(1) & outside.any(1)
     L = labels.shape[1]
     hard_pos = L - 1 - torch.where(inside, labels, -torch.inf).flip(1).argmax(1)   # last maximum
@@ -100,9 +104,14 @@ def saliency_pairs(labels, inside, mask) -> tuple[torch.Tensor, torch.Tensor, to
     return (torch.stack([hard_pos, easy_pos], 1), torch.stack([hard_neg, easy_neg], 1), inside.any(1))
 
 
-def hinge_saliency(scores, labels, inside, mask, margin: float) -> torch.Tensor:
-    """Mean over the `saliency_pairs` of max(0, margin + s_neg - s_pos), times 2 (the references' scale)."""
-    pos, neg, valid = saliency_pairs(labels, inside, mask)
+def hinge_saliency(scores, labels, inside, mask, margin: float, kind: str = "auto",
+                   pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean over the `saliency_pairs` (or the given (positive, negative) clips [B, P] each) of
+    max(0, margin + s_neg - s_pos), times 2 (the references' scale)."""
+    if pairs is None:
+        pos, neg, valid = saliency_pairs(labels, inside, mask, kind)
+    else:
+        (pos, neg), valid = pairs, torch.ones(len(scores), dtype=torch.bool, device=scores.device)
     if not valid.any():
         return scores.sum() * 0
     s = scores[valid]
@@ -110,13 +119,13 @@ def hinge_saliency(scores, labels, inside, mask, margin: float) -> torch.Tensor:
     return gap.clamp(min=0).mean() * 2
 
 
-def rank_contrastive(scores, labels, mask, tau: float, coef: float) -> torch.Tensor:
+def rank_contrastive(scores, labels, mask, tau: float, coef: float, kind: str = "auto") -> torch.Tensor:
     """QD-DETR rank-contrastive loss over saliency levels 1..11.
 
     Labels are QVHighlights 0-12 sums, a binary GT mask (Charades/TACoS: only level 1 has positives),
     or the store's [0, 1] annotator mean, which is mapped back to the 0-12 scale.
     """
-    if labels.max() <= 1 and not is_binary(labels):
+    if labels.max() <= 1 and not is_binary(labels, kind):
         labels = (labels * 12).round()
     logits = torch.where(mask, scores / tau, torch.full_like(scores, -1e3))
     log_prob = logits.log_softmax(1)
@@ -136,7 +145,8 @@ def saliency_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> torch.Te
     total = scores.new_zeros(())
     if w.use_hinge or w.saliency_kind == "hinge":
         inside = (labels > 0) | batch.window_clip_mask()      # GT clips, even those all annotators scored 0
-        total = hinge_saliency(scores, labels, inside, mask, w.margin)
+        given = None if batch.pos_clips is None else (batch.pos_clips, batch.neg_clips)
+        total = hinge_saliency(scores, labels, inside, mask, w.margin, w.saliency_labels, given)
     if w.saliency_kind == "hinge":
         return w.saliency * total
     if "saliency_neg" in out:
@@ -145,7 +155,7 @@ def saliency_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> torch.Te
         scores = torch.cat([scores, neg], 1)
         labels = torch.cat([labels, torch.zeros_like(labels)], 1)
         mask = torch.cat([mask, mask], 1)
-    return w.saliency * (total + rank_contrastive(scores, labels, mask, w.rank_tau, w.rank_coef))
+    return w.saliency * (total + rank_contrastive(scores, labels, mask, w.rank_tau, w.rank_coef, w.saliency_labels))
 
 
 def masked_word_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> torch.Tensor:
@@ -176,13 +186,15 @@ def masked_word_ce(logits, targets, masked, batch: MomentBatch, w: FineLossWeigh
 
 
 def segment_sentence_loss(out: dict, batch: MomentBatch, w: FineLossWeights) -> torch.Tensor:
-    """Supervised InfoNCE: a GT segment is positive with sentences of the same video whose GT overlaps
-    (GIoU >= gamma, itself included); multi-window GT is collapsed to [min start, max end]."""
+    """Supervised InfoNCE: a GT segment is positive with sentences of the same video (or YouTube-id group,
+    `w.ss_positives`) whose GT overlaps (GIoU >= gamma, itself included); multi-window GT is collapsed
+    to [min start, max end]."""
     seg = F.normalize(out["ss_segment"].float(), dim=-1)
     sen = F.normalize(out["ss_sentence"].float(), dim=-1)
     log_prob = (seg @ sen.T / w.ss_tau).log_softmax(1)                              # [N, N]
     hull = torch.stack([torch.stack([cw_to_se(s)[:, 0].min(), cw_to_se(s)[:, 1].max()]) for s in batch.spans])
-    same_video = torch.tensor([[a == b for b in batch.vids] for a in batch.vids], device=seg.device)
+    keys = batch.vids if w.ss_positives == "video" else [group_key(v) for v in batch.vids]
+    same_video = torch.tensor([[a == b for b in keys] for a in keys], device=seg.device)
     pos = same_video & (pairwise_iou_giou(hull, hull)[1].to(seg.device) >= w.ss_iou_gamma)
     pos |= torch.eye(len(pos), dtype=torch.bool, device=seg.device)
     return (-(log_prob * pos).sum(1) / pos.sum(1)).mean()

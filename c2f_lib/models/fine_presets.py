@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 
+SALIENCY_LABELS = ("auto", "graded", "binary")
+
+
 @dataclass(frozen=True)
 class FineLossWeights:
     span: float = 10.0            # L1 on normalised (c, w); also the matching cost
@@ -17,16 +20,23 @@ class FineLossWeights:
     margin: float = 0.2
     rank_coef: float = 12.0       # rank-contrastive sum divided by this
     rank_tau: float = 0.5
+    # Saliency targets: "graded" QVHighlights scores (hard + easy hinge pairs, 11 rank levels) or "binary"
+    # GT membership (random pairs, MESM/lighthouse on Charades/TACoS); "auto" (ours) takes binary when every
+    # label of the batch is 0 or 1, since a feature store's targets do not say which kind they are.
+    saliency_labels: str = "auto"
     rec_fw: float = 0.0           # MESM masked-word reconstruction
     rec_fw_smoothing: float = 0.1  # label smoothing of its CE over the word classes (MESM's eps)
     rec_fw_tokens: str = "valid"  # CE averaged over every "valid" token (MESM's code) or the "masked" ones only
     rec_ss: float = 0.0           # MESM segment-sentence contrastive
     ss_tau: float = 0.5
     ss_iou_gamma: float = 0.9     # GIoU above which two GT segments count as positives
+    ss_positives: str = "video"   # ... among the queries of one "video" (ours) or YouTube-id "group" (MESM)
 
     def __post_init__(self) -> None:
-        if self.rec_fw_tokens not in ("valid", "masked"):
-            raise ValueError(f"rec_fw_tokens must be 'valid' or 'masked', got {self.rec_fw_tokens!r}")
+        for name, allowed in (("rec_fw_tokens", ("valid", "masked")), ("saliency_labels", SALIENCY_LABELS),
+                              ("ss_positives", ("video", "group")), ("saliency_kind", ("qd", "hinge"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 PRESETS: dict[str, FineLossWeights] = {

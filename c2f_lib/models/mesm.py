@@ -12,15 +12,20 @@
   (released npz features) the head regresses the masked words' features instead.
   Differences from the reference: the word counts come from the training captions only (MESM's
   tables count train+test), SOT/EOT are ordinary frequent ids rather than extra classes, words
-  outside the vocabulary keep their own feature as input (MESM swaps in a learned [UNK]); masked
-  words are drawn uniformly, not weighted 2:1 for nouns/verbs/adjectives/adverbs by an NLTK POS tagger.
+  outside the vocabulary keep their own feature as input (MESM swaps in a learned [UNK]:
+  `mlm_unknown="replace"`); masked words are drawn uniformly, not weighted 2:1 for nouns/verbs/
+  adjectives/adverbs by an NLTK POS tagger (a batch can carry MESM's own draw: `MomentBatch.masked_words`).
+  The GT segment (the masked-word keys, the contrastive segment) is the clips inside a GT window;
+  MESM takes the clips with a non-zero saliency score (`gt_clips="scores"`).
 * SS-MESM (`use_ss`): a learned [MASK] sentence token cross-attends to the video; the result r_i is
   prepended to the words as a context token and trained contrastively against GT segments.
 
 `context` chooses what r_i may read. "self" (default): the query's own video only, so a prediction
 never depends on other test queries. "transductive": the concatenated clips of every video in the
 batch that shares the query's group key (the YouTube id of QVHighlights-style `ytid_start_end` ids),
-MESM's original grouping; `predict` then batches a group's queries together.
+MESM's original grouping; `predict` then batches a group's queries together. A video enters a group's
+context once; MESM concatenates it once per query showing it (`context_repeats=True`).
+The global token is hidden as an encoder key and the negative partner comes from another group, as in MESM.
 Note: in the reference, sibling *sentences* are fed to the reconstructor as well, but its layers are
 pure cross-attention, so they cannot change the masked slot's output; we therefore do not compute them.
 """
@@ -33,12 +38,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from c2f_lib.features.types import MomentSample
-from c2f_lib.models.detr_blocks import CrossAttentionLayer, MLP
-from c2f_lib.models.fine_batch import MomentBatch
-from c2f_lib.models.qd_detr import QDDETR, QDDETRConfig
+from c2f_lib.models.detr_blocks import MLP
+from c2f_lib.models.detr_layers import CrossAttentionLayer
+from c2f_lib.models.fine_batch import MomentBatch, group_key
+from c2f_lib.models.fused import FusedSequential
+from c2f_lib.models.qd_detr import QDDETR, QDDETRConfig, SharedProjections
 from c2f_lib.models.registry import register
 
 CONTEXT_MODES = ("self", "transductive")
+GT_CLIPS = ("window", "scores")
+MLM_UNKNOWN = ("keep", "replace")
 
 
 @dataclass
@@ -48,6 +57,10 @@ class MESMConfig(QDDETRConfig):
     fw_layers: int = 2
     ss_layers: int = 4
     context: str = "self"
+    context_repeats: bool = False     # transductive: a video once per query showing it (MESM), not once
+    gt_clips: str = "window"          # GT segment: clips in a GT window, or with a non-zero score (MESM)
+    mlm_unknown: str = "keep"         # a word outside word_vocab: its own feature, or MESM's learned [UNK]
+    negative_partner: str = "other_group"
     mask_fraction: float = 1 / 3      # words masked per sentence: max(floor(l * fraction), 1)
     # Masked-word targets: word classes (below) when the batch carries token ids
     # (MESM); False, or a batch without ids: the masked words' features are regressed.
@@ -63,6 +76,10 @@ class MESMConfig(QDDETRConfig):
     word_vocab: list[int] | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, allowed in (("gt_clips", GT_CLIPS), ("mlm_unknown", MLM_UNKNOWN)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"MESMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.context not in CONTEXT_MODES:
             raise ValueError(f"MESMConfig.context must be one of {CONTEXT_MODES}, got {self.context!r}")
         if self.mlm_over_vocab and self.vocab_size < 1:
@@ -89,29 +106,23 @@ def build_word_vocab(samples: list[MomentSample], max_words: int) -> list[int]:
     return values[order[:max_words]].tolist()
 
 
-def group_key(vid: str) -> str:
-    """QVHighlights-style 'ytid_start_end' -> 'ytid'; any other id is its own group."""
-    parts = vid.rsplit("_", 2)
-    try:
-        float(parts[1]), float(parts[2])
-    except (IndexError, ValueError):
-        return vid
-    return parts[0]
-
-
 @register("mesm", MESMConfig)
 class MESM(QDDETR):
+    global_token_is_key = False
+
     def __init__(self, cfg: MESMConfig):
         super().__init__(cfg)
         d = cfg.hidden_dim
-        block = (d, cfg.n_heads, cfg.ffn_dim, cfg.dropout)
+        block = (d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.ffn_activation)
         if cfg.use_fw:
             self.enhance_encoder = nn.ModuleList(CrossAttentionLayer(*block) for _ in range(cfg.fw_layers))
             self.masked_word_token = nn.Parameter(torch.zeros(cfg.text_dim))   # a token feature, projected
+            if cfg.mlm_unknown == "replace":
+                self.unknown_word_token = nn.Parameter(torch.zeros(cfg.text_dim))
             self.mlm_head = MLP(d, d, cfg.text_dim, 2)                         # feature targets (no ids)
             if cfg.mlm_over_vocab:                                             # MESM's `output_txt_proj`
-                self.mlm_vocab_head = nn.Sequential(nn.LayerNorm(d), nn.Dropout(cfg.input_dropout),
-                                                    nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.mlm_classes))
+                self.mlm_vocab_head = FusedSequential(nn.LayerNorm(d), nn.Dropout(cfg.input_dropout),
+                                                      nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.mlm_classes))
                 self.register_buffer("word_class", self.word_class_table(cfg), persistent=False)
         if cfg.use_ss:
             self.ss_layers = nn.ModuleList(CrossAttentionLayer(*block) for _ in range(cfg.ss_layers))
@@ -129,12 +140,22 @@ class MESM(QDDETR):
         return table
 
     # ---------------------------------------------------------------- FW-MESM
-    def enhance_video(self, video, pos, words, words_mask):
+    def enhance_video(self, video, pos, words, words_mask, shared: SharedProjections | None = None):
         if not self.cfg.use_fw:
             return video
-        for layer in self.enhance_encoder:                         # frames attend to words
-            video = layer(video, words, words_mask, pos_q=pos)
+        for i, layer in enumerate(self.enhance_encoder):           # frames attend to words
+            given = {} if shared is None else shared.layer_inputs(layer, shared.word_kv[i])
+            video = layer(video, words, words_mask, pos_q=pos, **given)
         return video
+
+    def video_query_layers(self) -> list[nn.Module]:
+        return (list(self.enhance_encoder) if self.cfg.use_fw else []) + list(self.t2v_encoder)
+
+    def share_projections(self, video, pos, words, text) -> SharedProjections:
+        shared = super().share_projections(video, pos, words, text)
+        if self.cfg.use_fw:
+            shared.word_kv = [layer.attn.project_keys(words) for layer in self.enhance_encoder]
+        return shared
 
     def mask_words(self, text_mask: torch.Tensor) -> torch.Tensor:
         """[B, Lq] valid tokens -> [B, Lq] the masked ones: max(floor(l * fraction), 1) of a sentence's
@@ -146,23 +167,35 @@ class MESM(QDDETR):
                 masked[b, 1 + torch.randperm(n - 2, device=masked.device)[:k]] = True
         return masked
 
+    def gt_segment(self, batch: MomentBatch) -> torch.Tensor:
+        """[B, L] bool: the GT clips (`gt_clips`: inside a GT window, or a non-zero saliency score)."""
+        if self.cfg.gt_clips == "scores":
+            return (batch.saliency > 0) & batch.video_mask
+        return batch.window_clip_mask()
+
     def extra_outputs(self, batch: MomentBatch, video, pos, words, out: dict) -> None:
         if not self.cfg.use_fw:
             return
-        masked = self.mask_words(batch.text_mask)                                    # [B, Lq]
-        x = torch.where(masked[..., None], self.input_txt_proj(self.masked_word_token.to(words.dtype)), words)
-        segment = batch.window_clip_mask()
+        masked = self.mask_words(batch.text_mask) if batch.masked_words is None else batch.masked_words  # [B, Lq]
+        ids = batch.token_ids
+        over_vocab = self.cfg.mlm_over_vocab and ids is not None
+        if over_vocab and int(ids.max()) >= self.cfg.vocab_size:
+            raise ValueError(f"token id {int(ids.max())} >= MESMConfig.vocab_size {self.cfg.vocab_size}: "
+                             f"set vocab_size to the feature store's meta.vocab_size")
+        x = words
+        if over_vocab and self.cfg.mlm_unknown == "replace":
+            unknown = self.word_class[ids] == self.cfg.mlm_classes - 1 if self.cfg.word_vocab is not None \
+                else torch.zeros_like(masked)
+            x = torch.where(unknown[..., None], self.input_txt_proj(self.unknown_word_token.to(words.dtype)), x)
+        x = torch.where(masked[..., None], self.input_txt_proj(self.masked_word_token.to(words.dtype)), x)
+        segment = self.gt_segment(batch)
         segment = torch.where(segment.any(1, keepdim=True), segment, batch.video_mask)
         for layer in self.enhance_encoder:                         # words attend to GT-segment frames
             x = layer(x, video, segment, pos_k=pos)
         out["mlm_mask"] = masked
-        ids = batch.token_ids
-        if not (self.cfg.mlm_over_vocab and ids is not None):
+        if not over_vocab:
             out["mlm_pred"] = self.mlm_head(x)                                       # [B, Lq, Dt]
             return
-        if int(ids.max()) >= self.cfg.vocab_size:
-            raise ValueError(f"token id {int(ids.max())} >= MESMConfig.vocab_size {self.cfg.vocab_size}: "
-                             f"set vocab_size to the feature store's meta.vocab_size")
         out["mlm_logits"] = self.mlm_vocab_head(x[batch.text_mask])                  # [N valid tokens, C]
         out["mlm_word_class"] = self.word_class              # [vocab_size] id -> class; the loss maps the ids
 
@@ -171,10 +204,12 @@ class MESM(QDDETR):
         """Keys the [MASK] sentence token reads: [B, Lk, d] and mask [B, Lk]."""
         if self.cfg.context == "self":
             return video, batch.video_mask
-        keys, masks = [], []
+        keys = []
         groups = [group_key(v) for v in batch.vids]
-        for i, g in enumerate(groups):
-            members = list({batch.vids[j]: j for j in range(len(groups)) if groups[j] == g}.values())
+        for g, vid in zip(groups, batch.vids):
+            members = [j for j in range(len(groups)) if groups[j] == g]
+            if not self.cfg.context_repeats or g == vid:         # each video once (MESM: own video off QVH)
+                members = list({batch.vids[j]: j for j in members}.values())
             keys.append(torch.cat([video[j][batch.video_mask[j]] for j in members]))
         length = max(k.shape[0] for k in keys)
         padded = video.new_zeros(len(keys), length, video.shape[-1])
@@ -183,7 +218,7 @@ class MESM(QDDETR):
             padded[i, : len(k)], mask[i, : len(k)] = k, True
         return padded, mask
 
-    def text_tokens(self, batch: MomentBatch, video, words, out: dict):
+    def text_tokens(self, batch: MomentBatch, video, words, out: dict, extras: bool):
         if not self.cfg.use_ss:
             return words, batch.text_mask
         keys, key_mask = self.context_keys(batch, video)
@@ -193,9 +228,9 @@ class MESM(QDDETR):
         r = F.normalize(r, dim=-1)
         text = torch.cat([r, words], 1)                                                # [B, 1+Lq, d]
         mask = torch.cat([batch.text_mask.new_ones(len(words), 1), batch.text_mask], 1)
-        if self.training:
+        if extras:
             out["ss_sentence"] = (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-            seg = batch.window_clip_mask().float()
+            seg = self.gt_segment(batch).float()
             out["ss_segment"] = (video * seg[..., None]).sum(1) / seg.sum(1, keepdim=True).clamp(min=1)
         return text, mask
 

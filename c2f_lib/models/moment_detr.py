@@ -7,15 +7,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from c2f_lib.models.detr_blocks import (
-    DETRDecoderLayer, EncoderLayer, FineConfig, FineGroundingModel, MLP, video_positions)
+from c2f_lib.models.detr_blocks import MLP, FineConfig, FineGroundingModel, video_positions
+from c2f_lib.models.detr_layers import DETRDecoderLayer, EncoderLayer
 from c2f_lib.models.fine_batch import MomentBatch
 from c2f_lib.models.registry import register
 
 
 @dataclass
 class MomentDETRConfig(FineConfig):
-    pass
+    ffn_activation: str = "relu"      # official Moment-DETR (QD-DETR and MESM use PReLU)
 
 
 @register("moment_detr", MomentDETRConfig)
@@ -23,7 +23,7 @@ class MomentDETR(FineGroundingModel):
     def __init__(self, cfg: MomentDETRConfig):
         super().__init__(cfg)
         d = cfg.hidden_dim
-        block = (d, cfg.n_heads, cfg.ffn_dim, cfg.dropout)
+        block = (d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.ffn_activation)
         self.encoder = nn.ModuleList(EncoderLayer(*block) for _ in range(cfg.enc_layers))
         self.decoder = nn.ModuleList(DETRDecoderLayer(*block) for _ in range(cfg.dec_layers))
         self.decoder_norm = nn.LayerNorm(d)
@@ -32,7 +32,8 @@ class MomentDETR(FineGroundingModel):
         self.saliency_proj = nn.Linear(d, 1)
         self.init_weights(self)
 
-    def forward(self, batch: MomentBatch) -> dict:
+    def forward(self, batch: MomentBatch, training_outputs: bool | None = None) -> dict:
+        """`training_outputs` is accepted for a common call; Moment-DETR has no training-only outputs."""
         d = self.cfg.hidden_dim
         video, text = self.project_video(batch), self.input_txt_proj(batch.text)   # [B, L, d], [B, Lq, d]
         L = video.shape[1]

@@ -1,6 +1,6 @@
 """Span geometry for the fine stage: (center, width) <-> (start, end), GIoU, post-processing, NMS.
 
-Spans inside the models are normalised by the video duration: (c, w) in [0, 1].
+Spans inside the models are normalised by the clip features' time extent (clips x clip_len): (c, w) in [0, 1].
 """
 from __future__ import annotations
 
@@ -49,24 +49,40 @@ def temporal_nms(windows: list[list[float]], iou_threshold: float) -> list[list[
     return kept
 
 
+POSTPROCESS_PROTOCOLS = ("correct", "reference")
+
+
 def postprocess_windows(spans_cw: torch.Tensor, scores: torch.Tensor, extent: float, clip_len: float,
                         top_k: int = 10, nms_threshold: float | None = None,
-                        round_to_clip: bool = True, duration: float | None = None) -> list[list[float]]:
+                        round_to_clip: bool = True, duration: float | None = None,
+                        protocol: str = "correct", max_ts_val: float = 150.0) -> list[list[float]]:
     """Normalised (c, w) spans [Q,2] + scores [Q] -> ranked [[start_s, end_s, score], ...].
 
-    Spans are fractions of `extent` seconds (the clip features' time span). Clamp to the video
-    (`duration`, default `extent`), optionally snap to the clip grid (the reference PostProcessorDETR),
-    optional temporal NMS, then top-k. Windows that collapse to zero length when snapped get one clip.
+    As the references (compute_mr_results + PostProcessorDETR): rank by the *unrounded* score (stable,
+    so tied scores keep the query-slot order), round start, end and score to 4 decimals, clamp, snap to
+    the clip grid (`round_to_clip`), then optional temporal NMS and top-k. `protocol`:
+    * "correct" (ours): spans are fractions of `extent` seconds, the clip features' time span (what the
+      model was trained on), clamped to the video [0, `duration`] (default `extent`); a window that
+      collapses to zero length when snapped gets one clip.
+    * "reference" (the official code): spans are fractions of `duration`, clamped to [0, `max_ts_val`]
+      (150 s on QVHighlights), zero-length windows kept.
     """
+    if protocol not in POSTPROCESS_PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; use one of {POSTPROCESS_PROTOCOLS}")
     duration = extent if duration is None else duration
-    se = (cw_to_se(spans_cw.float()) * extent).clamp(0, duration)                # [Q, 2] seconds
+    reference = protocol == "reference"
+    scores = scores.float()
+    order = torch.sort(scores, descending=True, stable=True).indices
+    se = cw_to_se(spans_cw.float()[order]) * (duration if reference else extent)   # [Q, 2] seconds
+    rows = [[round(v, 4) for v in row] for row in torch.cat([se, scores[order, None]], 1).tolist()]
+    se = torch.tensor([r[:2] for r in rows], dtype=torch.float32).reshape(-1, 2)
+    se = se.clamp(0, max_ts_val if reference else duration)
     if round_to_clip and clip_len > 0:
         se = torch.round(se / clip_len) * clip_len
-        se[:, 1] = torch.maximum(se[:, 1], se[:, 0] + clip_len)
-        se = se.clamp(0, duration)
-    rows = [[round(float(s), 4), round(float(e), 4), round(float(p), 4)]
-            for (s, e), p in zip(se.tolist(), scores.float().tolist())]
-    rows.sort(key=lambda r: -r[2])
+        if not reference:
+            se[:, 1] = torch.maximum(se[:, 1], se[:, 0] + clip_len)
+            se = se.clamp(0, duration)
+    rows = [[round(s, 4), round(e, 4), r[2]] for (s, e), r in zip(se.tolist(), rows)]
     if nms_threshold is not None:
         rows = temporal_nms(rows, nms_threshold)
     return rows[:top_k]

@@ -17,6 +17,12 @@ materialising them: with p = pool(v | q),
     t_s . p     = t . p + eps . (R * p)
     |t_s|^2     = |t|^2 + 2 eps . (R * t) + eps^2 . R^2
 three batched products of [c, V, D] with [c, D, K].
+
+Checking a sample against another implementation: every draw can be passed in instead of taken from a
+generator. `sample_texts(text, frames, noise)` returns t + eps * R for given eps (paired: text i with
+video i's radius); `training_loss(..., noise=eps [B, D])` and `score(..., noise=eps [T, K, D])` use the
+given noise (trial k of text t, shared by every video, as our own draws are). `trial_noise` gives the
+draws `score` makes itself.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from torch import nn
 from c2f_lib.models.registry import register
 from c2f_lib.models.xpool import (LOGIT_SCALE_MAX, XPool, XPoolConfig, cosine, eval_mode,
                                   global_batch, infonce, text_chunks)
-from c2f_lib.training.distributed import gather_rows
+from c2f_lib.distributed import gather_rows
 
 PRIORS = ("uniform01", "normal")
 
@@ -80,6 +86,14 @@ class TMASS(nn.Module):
         sims = torch.einsum("nd,nfd->nf" if paired else "td,vfd->tvf", t, f)   # [T, V, F] or [N, F]
         return self.radius_proj(sims).exp()
 
+    def sample_texts(self, text_emb: torch.Tensor, frames: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Stochastic texts t_i + eps * R(t_i, video i) for pairs (text i, video i): text_emb [N, D],
+        frames [N, F, D], noise [N, D] -> [N, D], or noise [N, K, D] (K draws) -> [N, K, D]. Not normalised."""
+        radius = self.radius(text_emb, frames, paired=True)                   # [N, D]
+        if noise.dim() == 3:
+            return text_emb[:, None] + noise.to(radius) * radius[:, None]
+        return text_emb + noise.to(radius) * radius
+
     def noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
         """Draws from the prior (on the CPU generator's device, i.e. CPU)."""
         if self.cfg.prior == "uniform01":
@@ -95,16 +109,20 @@ class TMASS(nn.Module):
 
     def training_loss(self, text_emb: torch.Tensor, frames: torch.Tensor,
                       generator: torch.Generator | None = None,
-                      video_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                      video_ids: torch.Tensor | None = None,
+                      noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """CLIP loss on stochastic texts (+ support-text loss); pairs (caption i <-> video i).
 
         The noise of the whole global batch is drawn from `generator` on every rank and sliced, so
-        a multi-process run matches a single-process one.
+        a multi-process run matches a single-process one; `noise` [B, D] (the global batch) replaces
+        that draw.
         """
         batch = global_batch(text_emb, frames, video_ids)
         t = batch.local_text                                                     # [b, D]
         radius = self.radius(t, batch.local_frames, paired=True)                 # [b, D]
-        eps = self.noise(tuple(batch.text.shape), generator)[batch.rows].to(t.device)
+        if noise is None:
+            noise = self.noise(tuple(batch.text.shape), generator)
+        eps = noise[batch.rows].to(t.device)
         pooled_rows = self.pool_frames(t, batch.frames)                          # [b, B, D]
         pooled_cols = pooled_rows if batch.single else self.pool_frames(batch.text, batch.local_frames)
 
@@ -119,9 +137,7 @@ class TMASS(nn.Module):
         logs = {"loss_main": loss_main.item(), "radius_mean": radius.mean().item()}
         loss = loss_main
         if self.cfg.support_weight > 0:
-            video_mean = pooled_cols.mean(0)                # [b, D] video pooled by all texts, averaged
-            direction = F.normalize(video_mean - t, dim=-1)
-            loss_support = loss_of(t + radius * direction)
+            loss_support = loss_of(support_texts(t, radius, pooled_cols))
             loss = loss + self.cfg.support_weight * loss_support
             logs["loss_support"] = loss_support.item()
         logs["loss"] = loss.item()
@@ -140,12 +156,14 @@ class TMASS(nn.Module):
 
     def score(self, text_emb: torch.Tensor, frames: torch.Tensor, chunk_size: int = 16,
               generator: torch.Generator | None = None,
-              gallery_text: torch.Tensor | None = None) -> torch.Tensor:
+              gallery_text: torch.Tensor | None = None,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
         """[T, V]: best of K samples of cos(t_s(q, v), pool(v | q)), `chunk_size` queries at a time.
 
         Memory ~ 6 x chunk_size x V x D floats. The same `generator` state gives the same scores for
-        any chunk_size. `gallery_text` [V, D] selects the reference protocol (spec §2.4): the sample
-        is still chosen against pool(v | q), but scored against pool(v | gallery_text[v]).
+        any chunk_size; `noise` [T, K, D] replaces the draws (trial k of text t, for every video).
+        `gallery_text` [V, D] selects the reference protocol (spec §2.4): the sample is still chosen
+        against pool(v | q), but scored against pool(v | gallery_text[v]).
         """
         self._check_frames(frames)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
@@ -156,7 +174,8 @@ class TMASS(nn.Module):
             fixed = None if gallery_text is None else pool.pool(gallery_text, videos, paired=True)
             for rows in text_chunks(text_emb.shape[0], chunk_size):
                 t = text_emb[rows]                                               # [c, D]
-                eps = self.trial_noise(text_emb.shape[0], seed, rows).to(t.device)  # [c, K, D]
+                eps = (self.trial_noise(text_emb.shape[0], seed, rows) if noise is None
+                       else noise[rows]).to(t)                                   # [c, K, D]
                 pooled = pool.pool(t, videos)                                    # [c, V, D]
                 radius = self.radius(t, frames)                                  # [c, V, D]
                 if fixed is None:
@@ -166,6 +185,12 @@ class TMASS(nn.Module):
                     best = eps[torch.arange(len(t))[:, None], sims.argmax(-1)]   # [c, V, D]
                     out[rows] = cosine(t[:, None] + best * radius, fixed[None])
         return out
+
+
+def support_texts(text_emb: torch.Tensor, radius: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """T-MASS's support texts t_i + R_i * unit(vbar_i - t_i): text_emb, radius [b, D], pooled [B, b, D]
+    (video i pooled by every text of the batch) -> [b, D]; vbar_i = the mean of video i over the texts."""
+    return text_emb + radius * F.normalize(pooled.mean(0) - text_emb, dim=-1)
 
 
 def _trial_cosines(t: torch.Tensor, pooled: torch.Tensor, radius: torch.Tensor,

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from c2f_lib.models.registry import register
-from c2f_lib.training.distributed import gather_rows, rank_and_world
+from c2f_lib.distributed import gather_rows, rank_and_world
 
 LOGIT_SCALE_MAX = math.log(100.0)  # CLIP's init and the clamp applied after every step
 

@@ -15,7 +15,7 @@ VALIDATION split (the reference selects on test), several captions of one video 
 not negatives of each other.
 
 Data parallel: under `torchrun`, each global batch (`batch_size`) is split across ranks and the
-models gather embeddings (c2f_lib.training.distributed), so W processes reproduce the
+models gather embeddings (c2f_lib.distributed), so W processes reproduce the
 single-process run up to float rounding (dropout masks aside). Every rank evaluates (identical
 models => identical selection); rank 0 writes files.
 
@@ -38,7 +38,7 @@ from c2f_lib.features.types import CoarseSplit
 from c2f_lib.models.registry import save_model
 from c2f_lib.models.xpool import LOGIT_SCALE_MAX, eval_mode
 from c2f_lib.progress import progress
-from c2f_lib.training.distributed import is_distributed, local_slice, mean_over_ranks, rank_and_world
+from c2f_lib.distributed import is_distributed, local_slice, mean_over_ranks, rank_and_world
 from c2f_lib.training.schedule import make_optimizer, make_scheduler
 from c2f_lib.utils import atomic_path, provenance, resolve_device
 

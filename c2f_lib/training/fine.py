@@ -21,7 +21,7 @@ from c2f_lib.models.fine_presets import loss_preset
 from c2f_lib.models.mesm import MESMConfig, build_word_vocab
 from c2f_lib.models.registry import load_model, save_model
 from c2f_lib.progress import progress
-from c2f_lib.training.distributed import init_from_env, local_slice, mean_over_ranks, rank_and_world
+from c2f_lib.distributed import init_from_env, local_slice, mean_over_ranks, rank_and_world
 from c2f_lib.utils import atomic_path, atomic_write_json, resolve_device, seed_everything
 
 __all__ = ["FineTrainConfig", "train_fine", "train_or_load", "with_word_vocab", "collate_moments",
