@@ -220,7 +220,7 @@ def test_cli_index_and_search_own_videos(tmp_path, capsys):
     import json
 
     from c2f_lib.cli import main as c2f
-    from c2f_lib.features.backbones import load_backbone
+    from c2f_lib.features.backbone_specs import load_backbone
     from c2f_lib.features.testing import write_numbered_video
     from c2f_lib.features.tiny_clip import TinyClipConfig, build_model as build_clip
     from c2f_lib.models.registry import build_model, save_model
@@ -260,7 +260,7 @@ def _tiny_clip_and_fine(tmp_path):
     """A tiny CLIP checkpoint and a Moment-DETR that reads its features (sizes: 64 and its token width)."""
     import dataclasses
 
-    from c2f_lib.features.backbones import load_backbone
+    from c2f_lib.features.backbone_specs import load_backbone
     from c2f_lib.features.tiny_clip import TinyClipConfig, build_model as build_clip
     from c2f_lib.models.registry import build_model, save_model
 

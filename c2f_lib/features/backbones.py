@@ -113,6 +113,7 @@ def _weights_help(spec: str, offline: bool) -> str:
 class Backbone(ABC):
     """A frozen CLIP-like model. Subclasses set the attributes below and the three text/image hooks."""
 
+    clip_level = False    # True for a video backbone: the coarse stage's "frames" are clip embeddings
     name: str             # the spec it was loaded from, e.g. "ViT-B-32:openai"
     weights: str          # what pins the weights: tag, file path, or content hash
     image_size: int
@@ -143,6 +144,14 @@ class Backbone(ABC):
         out = [self._image_features(self.preprocess(frames[i:i + batch_size]))
                for i in range(0, len(frames), batch_size)]
         return torch.cat(out).float().cpu() if out else torch.zeros(0, self.embed_dim)  # [N, D]
+
+    @torch.no_grad()
+    def encode_clips(self, clip_frames: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+        """uint8 [L, K, H, W, 3], the K frames of each clip -> [L, D]. An image backbone averages the
+        K frame embeddings; a video backbone (`clip_level`) encodes the clip as a whole."""
+        L, K = clip_frames.shape[:2]
+        flat = clip_frames.reshape(L * K, *clip_frames.shape[2:])
+        return self.encode_frames(flat, batch_size).view(L, K, -1).mean(1)
 
     @torch.no_grad()
     def encode_sentences(self, texts: list[str]) -> torch.Tensor:
@@ -285,39 +294,3 @@ def write_hf_clip_tokenizer(directory: str | Path) -> Path:
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt")).save_pretrained(directory)
     return directory
-
-
-def _cached_tiny_clips() -> str:
-    """Where the pipeline's tiny CLIPs are (a run trains one into the cache; its store names it)."""
-    from c2f_lib.paths import DEFAULT_CACHE_DIR
-
-    found = sorted(DEFAULT_CACHE_DIR.glob("tinyclip-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    if not found:
-        return f"a pipeline run caches it as {DEFAULT_CACHE_DIR}/tinyclip-<hash>.pt; none is there now"
-    return (f"a pipeline run caches it in {DEFAULT_CACHE_DIR}; the newest is {found[0].name}, and a run's "
-            f"feature store names its own as the weights field")
-
-
-def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32",
-                  dataset_dir: str | Path | None = None, tiny_cfg=None) -> Backbone:
-    """Backbone from a spec: 'tinyclip' (trained on `dataset_dir`, cached), 'tinyclip:<checkpoint>',
-    'hf:<hub id or dir>', 'local-dir:<open_clip dir>', '<open_clip model>:<tag or weights file>'."""
-    if spec == "tinyclip" or spec.startswith("tinyclip:"):
-        from c2f_lib.features.tiny_clip import load_tiny_clip
-
-        checkpoint = spec.partition(":")[2] or None
-        if checkpoint is None and dataset_dir is None:
-            raise BackboneError(f"backbone 'tinyclip' is trained on a dataset, so it needs its checkpoint here: "
-                                f"tinyclip:PATH ({_cached_tiny_clips()})")
-        if checkpoint is not None and not Path(checkpoint).is_file():
-            raise BackboneError("tiny CLIP checkpoint not found", checkpoint)
-        return load_tiny_clip(dataset_dir, tiny_cfg, device=device, checkpoint=checkpoint)
-    if spec.startswith("local-dir:"):
-        return OpenClipBackbone(spec, None, device=device, precision=precision, name=spec)
-    if spec.startswith("hf:"):
-        return HFClipBackbone(spec[3:], device=device, precision=precision, name=spec)
-    model_name, sep, pretrained = spec.partition(":")
-    if not sep or not pretrained:
-        raise BackboneError(f"backbone {spec!r}: use 'tinyclip', 'hf:<hub id or dir>' or "
-                            f"'<open_clip model>:<pretrained tag or weights file>' (e.g. ViT-B-32:openai)")
-    return OpenClipBackbone(model_name, pretrained, device=device, precision=precision, name=spec)

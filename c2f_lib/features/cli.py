@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from c2f_lib.features.backbones import load_backbone
+    from c2f_lib.features.backbone_specs import load_backbone
     from c2f_lib.features.extract import ExtractConfig, extract_dataset
     from c2f_lib.features.motion import MotionConfig
 

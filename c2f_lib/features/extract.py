@@ -19,7 +19,7 @@ import torch
 
 from c2f_lib.data.schema import read_captions, read_moments
 from c2f_lib.features.backbones import Backbone
-from c2f_lib.features.decode import SampledVideo, VideoDecodeError, sample_video
+from c2f_lib.features.decode import SampledVideo, VideoDecodeError, sample_video, uniform_indices
 from c2f_lib.features.motion import MotionConfig, motion_features
 from c2f_lib.features.store import StoreMeta, failures_path, read_failures
 from c2f_lib.features.store_writer import FeatureStoreWriter
@@ -109,10 +109,18 @@ def store_meta(backbone: Backbone, cfg: ExtractConfig) -> StoreMeta:
 
 def encode_clips(backbone: Backbone, clip_frames: np.ndarray, motion: MotionConfig | None = None
                  ) -> tuple[torch.Tensor, np.ndarray | None]:
-    """[L, K, H, W, 3] frames of each clip -> (mean frame embedding [L, D], motion descriptor [L, M] or None)."""
-    L, K = clip_frames.shape[:2]
-    clips = backbone.encode_frames(clip_frames.reshape(L * K, *clip_frames.shape[2:])).view(L, K, -1).mean(1)
-    return clips, (motion_features(clip_frames, motion) if motion is not None else None)
+    """[L, K, H, W, 3] frames of each clip -> (clip embedding [L, D], motion descriptor [L, M] or None)."""
+    return backbone.encode_clips(clip_frames), (motion_features(clip_frames, motion) if motion is not None else None)
+
+
+def coarse_frames(backbone: Backbone, video: SampledVideo, clips: torch.Tensor, num_frames: int
+                  ) -> tuple[torch.Tensor, np.ndarray]:
+    """The coarse stage's N "frames" [N, D] and their frame indices [N]: N uniform frame embeddings, or
+    for a video backbone the embeddings of N uniformly picked clips (indexed by their middle frame)."""
+    if not backbone.clip_level:
+        return backbone.encode_frames(video.frames), video.frame_indices
+    picks = uniform_indices(len(clips), num_frames)                                   # [N]
+    return clips[picks], video.clip_indices[picks, video.clip_indices.shape[1] // 2]
 
 
 def extract_videos(writer: FeatureStoreWriter, backbone: Backbone, sources: Path | Mapping[str, Path],
@@ -131,8 +139,8 @@ def extract_videos(writer: FeatureStoreWriter, backbone: Backbone, sources: Path
             failures[vid] = video
             continue
         clips, motion = encode_clips(backbone, video.clip_frames, cfg.motion)           # [L, D], [L, M]
-        writer.put_video(vid, frames=backbone.encode_frames(video.frames), frame_indices=video.frame_indices,
-                         clips=clips, motion=motion, clip_len=cfg.clip_len, duration=video.duration,
+        frames, frame_indices = coarse_frames(backbone, video, clips, cfg.num_frames)   # [N, D], [N]
+        writer.put_video(vid, frames=frames, frame_indices=frame_indices, clips=clips, motion=motion, clip_len=cfg.clip_len, duration=video.duration,
                          fps=video.fps, source=source)
         failures.pop(vid, None)
         encoded += 1

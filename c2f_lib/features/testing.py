@@ -129,3 +129,20 @@ def read_frame_number(image: np.ndarray) -> int:
         block = image[r * bh + bh // 4:(r + 1) * bh - bh // 4, c * bw + bw // 4:(c + 1) * bw - bw // 4]
         value |= int(block.mean() > 127) << bit
     return value
+
+
+TINY_OPEN_CLIP = "c2f-tiny-openclip"   # features/model_configs/c2f-tiny-openclip.json: a 64-px ViT, offline
+
+
+def tiny_open_clip(device: str = "cpu", **overrides: Any):
+    """A randomly initialised open_clip CLIP small enough for tests, behind OpenClipBackbone (no download).
+    `overrides` go to open_clip.create_model (e.g. embed_dim, vision_cfg, text_cfg)."""
+    import open_clip
+
+    from c2f_lib.features.backbones import OpenClipBackbone, quiet_open_clip
+
+    if TINY_OPEN_CLIP not in open_clip.list_models():
+        open_clip.add_model_config(Path(__file__).resolve().parent / "model_configs")
+    with quiet_open_clip():
+        model = open_clip.create_model(TINY_OPEN_CLIP, pretrained=None, **overrides)
+    return OpenClipBackbone(TINY_OPEN_CLIP, None, device=device, model=model, name=TINY_OPEN_CLIP)

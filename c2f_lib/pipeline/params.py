@@ -86,7 +86,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "n_heldout_pairs": at_least(1), "twin_prob": between(0, 1), "shared_datasets": ANY,
     },
     "02": {
-        "num_frames": at_least(1), "clip_len": above(0), "frames_per_clip": at_least(1), "motion": ANY,
+        "num_frames": at_least(1), "clip_len": above(0), "frames_per_clip": at_least(2), "motion": ANY,
         "tiny_steps": at_least(1), "tiny_batch_size": at_least(2),
         "tiny_width": at_least(32),                        # one attention head has 32 channels
         "tiny_lr": above(0),
@@ -102,7 +102,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "05": {
         "hidden_dim": at_least(4, multiple_of=4),         # 4 attention heads
         "num_queries": at_least(1), "input_dropout": between(0, 1, high_open=True),
-        "denoising_groups": at_least(0), "models": one_of(*FINE_MODELS, min_items=1),
+        "denoising_groups": at_least(0), "models": one_of(*FINE_MODELS, min_items=1), "workers": at_least(1),
     },
     "06": {
         "ks_videos": at_least(1), "fusion": one_of("fine", "product", "weighted"), "alpha": between(0, 1),

@@ -111,7 +111,7 @@ def extract_folder(videos: dict[str, Path], store_path: Path, backbone, cfg) -> 
 
 
 def main_index(args: argparse.Namespace) -> int:
-    from c2f_lib.features.backbones import load_backbone
+    from c2f_lib.features.backbone_specs import load_backbone
     from c2f_lib.features.extract import VIDEO_EXTENSIONS, ExtractConfig
     from c2f_lib.features.motion import MotionConfig
     from c2f_lib.features.store import failures_path
@@ -186,7 +186,7 @@ class SearchSession:
 
     def __init__(self, index_dir: Path, coarse: Path | None = None, fine: Path | None = None,
                  device: str = "cpu"):
-        from c2f_lib.features.backbones import load_backbone
+        from c2f_lib.features.backbone_specs import load_backbone
         from c2f_lib.models.registry import build_model
         from c2f_lib.pipeline.corpus_index import CorpusIndex
         from c2f_lib.pipeline.search import BackboneTextEncoder, load_corpus

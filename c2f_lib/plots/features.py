@@ -1,4 +1,4 @@
-"""Figures of notebook 02: tiny-CLIP training loss, frame similarity over time, nearest captions."""
+"""Figures of notebook 02: tiny-CLIP training loss, feature similarity over time, nearest captions, motion."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -7,13 +7,16 @@ import torch
 import torch.nn.functional as F
 
 
-def plot_training_loss(losses: list[float], batch_size: int) -> plt.Figure:
-    """Contrastive loss per step against the loss of a model that knows nothing, log(batch)."""
+def plot_training_loss(log: dict, batch_size: int) -> plt.Figure:
+    """Tiny-CLIP training: the whole loss and its contrastive part per step, against the contrastive loss of
+    a model that knows nothing, log(2 x batch) (each sentence meets two clips per step)."""
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot(losses, lw=1, label="InfoNCE (train)")
-    ax.axhline(np.log(batch_size), color="grey", ls="--", label=f"chance = log {batch_size}")
-    ax.set(xlabel="step", ylabel="loss", title="tiny CLIP training")
-    ax.legend()
+    ax.plot(log["loss"], lw=1, label="total (InfoNCE + attribute heads)")
+    if "nce" in log:
+        ax.plot(log["nce"], lw=1, label="InfoNCE")
+    ax.axhline(np.log(2 * batch_size), color="grey", ls="--", label=f"InfoNCE at chance = log {2 * batch_size}")
+    ax.set(xlabel="step", ylabel="loss (train)", title="tiny video CLIP training")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -66,5 +69,24 @@ def plot_motion(motion: np.ndarray, clip_len: float, bin_names: list[str],
                 fontsize=7, rotation=90, va="bottom")
     ax.set_yticks(range(n_bins), bin_names, fontsize=7)
     ax.set(xlabel="time (s)", title=title or "changed area per colour bin")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sentence_clip_similarity(similarities: dict[str, np.ndarray], windows: dict[str, list[list[float]]],
+                                  clip_len: float, title: str = "") -> plt.Figure:
+    """One row per query of a video: cosine of its sentence to every clip over time, its window shaded.
+    A groundable feature peaks inside the query's own window and not in the others'."""
+    fig, axes = plt.subplots(len(similarities), 1, figsize=(8, 1.1 * len(similarities) + 0.6), sharex=True,
+                             squeeze=False)
+    for ax, (query, sims) in zip(axes[:, 0], similarities.items()):
+        times = (np.arange(len(sims)) + 0.5) * clip_len
+        for start, end in windows[query]:
+            ax.axvspan(start, end, color="tab:green", alpha=0.25, lw=0)
+        ax.plot(times, sims, color="tab:blue", marker=".", lw=1)
+        ax.set_ylabel("cos", fontsize=7)
+        ax.set_title(query if len(query) < 80 else query[:77] + "...", fontsize=8, loc="left")
+    axes[-1, 0].set_xlabel("time (s); green = the query's ground-truth window")
+    fig.suptitle(title or "sentence-clip similarity over time", fontsize=9)
     fig.tight_layout()
     return fig

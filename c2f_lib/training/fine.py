@@ -24,8 +24,8 @@ from c2f_lib.progress import progress
 from c2f_lib.distributed import init_from_env, local_slice, mean_over_ranks, rank_and_world
 from c2f_lib.utils import atomic_path, atomic_write_json, resolve_device, seed_everything
 
-__all__ = ["FineTrainConfig", "train_fine", "train_or_load", "with_word_vocab", "collate_moments",
-           "samples_to_ground_truth", "evaluate_model"]
+__all__ = ["FineTrainConfig", "FineJob", "train_fine", "train_or_load", "train_or_load_all", "with_word_vocab",
+           "collate_moments", "samples_to_ground_truth", "evaluate_model"]
 
 SELECT_METRICS = ("MR-full-mAP", "MR-full-R1@0.5", "mIoU")
 
@@ -151,6 +151,16 @@ def with_word_vocab(name: str, model_config: dict, train_samples: list[MomentSam
     return {**model_config, "word_vocab": vocab} if vocab else model_config   # no ids: feature targets
 
 
+def _made_from(name: str, model_config: dict, train_samples: list[MomentSample], val_samples: list[MomentSample],
+               cfg: FineTrainConfig) -> tuple[dict, str]:
+    """(the full model config, the fingerprint a reusable checkpoint of it carries)."""
+    from c2f_lib.models.registry import fingerprint
+
+    model_config = with_word_vocab(name, model_config, train_samples)
+    return model_config, fingerprint(name, model_config, dataclasses.asdict(cfg),
+                                     [s.qid for s in train_samples], [s.qid for s in val_samples])
+
+
 def train_or_load(name: str, model_config: dict, train_samples: list[MomentSample],
                   val_samples: list[MomentSample], cfg: FineTrainConfig, ckpt_path: str | Path
                   ) -> tuple[nn.Module, dict]:
@@ -159,12 +169,10 @@ def train_or_load(name: str, model_config: dict, train_samples: list[MomentSampl
     Returns (model in eval mode, extra) where extra holds the training summary.
     """
     import c2f_lib.models.moment_detr  # noqa: F401  (registers moment_detr; mesm is imported above)
-    from c2f_lib.models.registry import build_model, claim_work_dir, fingerprint, load_if_reusable
+    from c2f_lib.models.registry import build_model, claim_work_dir, load_if_reusable
 
     ckpt_path = Path(ckpt_path)
-    model_config = with_word_vocab(name, model_config, train_samples)
-    made_from = fingerprint(name, model_config, dataclasses.asdict(cfg),
-                            [s.qid for s in train_samples], [s.qid for s in val_samples])
+    model_config, made_from = _made_from(name, model_config, train_samples, val_samples, cfg)
     loaded = load_if_reusable(ckpt_path, made_from)
     if loaded is not None:
         return loaded
@@ -175,3 +183,45 @@ def train_or_load(name: str, model_config: dict, train_samples: list[MomentSampl
     extra = {"train_config": dataclasses.asdict(cfg), "summary": summary, "made_from": made_from}
     save_model(ckpt_path, best, extra=extra)
     return best.eval(), extra
+
+
+@dataclass
+class FineJob:
+    """One model to train (or load) by `train_or_load_all`."""
+
+    name: str                 # registry name: moment_detr | qd_detr | mesm
+    model_config: dict
+    cfg: FineTrainConfig
+    ckpt_path: Path
+
+
+def _train_job(job: FineJob, samples: bytes) -> str:
+    import pickle
+
+    torch.set_num_threads(1)   # one core per job: these small models gain little from a second thread
+    train_samples, val_samples = pickle.loads(samples)
+    train_or_load(job.name, job.model_config, train_samples, val_samples, job.cfg, job.ckpt_path)
+    return str(job.ckpt_path)
+
+
+def train_or_load_all(jobs: list[FineJob], train_samples: list[MomentSample], val_samples: list[MomentSample],
+                      workers: int = 1) -> list[tuple[nn.Module, dict]]:
+    """`train_or_load` every job; with `workers` > 1 on CPU the jobs that need training run side by side in
+    that many processes (one thread each), longest-first as given, then every model is loaded here.
+    Results equal a run in this process, up to float summation order."""
+    from c2f_lib.models.registry import load_if_reusable
+
+    pending = [job for job in jobs if load_if_reusable(
+        job.ckpt_path, _made_from(job.name, job.model_config, train_samples, val_samples, job.cfg)[1]) is None]
+    if workers > 1 and len(pending) > 1 and not any(resolve_device(j.cfg.device).startswith("cuda") for j in pending):
+        import multiprocessing
+        import pickle
+        from concurrent.futures import ProcessPoolExecutor
+
+        # Plain pickle bytes: multiprocessing would share each of the thousands of small tensors through a
+        # file descriptor of its own and run out of them.
+        samples = pickle.dumps((train_samples, val_samples))
+        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            for done in pool.map(_train_job, pending, [samples] * len(pending)):
+                print(f"trained {Path(done).name}", flush=True)
+    return [train_or_load(j.name, j.model_config, train_samples, val_samples, j.cfg, j.ckpt_path) for j in jobs]
