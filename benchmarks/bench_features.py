@@ -63,10 +63,9 @@ def build_backbone(name: str, device: str) -> Backbone:
         raise SystemExit("--device cuda: CUDA is not available here (torch.cuda.is_available() is False); "
                          "run without --device for the CPU benchmark")
     if name == "tinyclip":
-        from c2f_lib.features.tiny_clip import MODEL_NAME, TinyClipConfig, build_model
+        from c2f_lib.features.tiny_clip import TinyClipBackbone, TinyClipConfig, TinyVideoClip
 
-        return OpenClipBackbone(MODEL_NAME, None, device=device, model=build_model(TinyClipConfig()),
-                                name="tinyclip-random")
+        return TinyClipBackbone(TinyVideoClip(TinyClipConfig()).eval(), device=device, weights="random")
     precision = "fp16" if device == "cuda" else "fp32"
     return OpenClipBackbone(name, None, device=device, precision=precision, name=f"{name}-random")
 
@@ -118,7 +117,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, float]:
     backbone = build_backbone(args.backbone, args.device)
     dataset_dir = make_videos(work, args)
     vids, texts = dataset_annotations(dataset_dir)
-    cfg = ExtractConfig(backend=args.backend, num_workers=args.num_workers)
+    cfg = ExtractConfig(backend=args.backend, num_workers=args.num_workers,
+                        frames_per_clip=getattr(backbone, "frames_per_clip", 1))
 
     decoded = decode_all(dataset_dir, vids, cfg, backbone.image_size)  # warm-up: file cache, workers, kernels
     encode_frames(backbone, decoded[:1])

@@ -5,18 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from c2f_lib.features.backbones import (HFClipBackbone, OpenClipBackbone, load_backbone,
-                                        write_hf_clip_tokenizer)
-from c2f_lib.features.tiny_clip import MODEL_NAME, register_config
+from c2f_lib.features.backbone_specs import load_backbone
+from c2f_lib.features.backbones import HFClipBackbone, OpenClipBackbone, write_hf_clip_tokenizer
+from c2f_lib.features.testing import tiny_open_clip
 
 TEXTS = ["a red ball bounces", "the small blue square turns green and then spins quickly"]
 
 
 @pytest.fixture(scope="module")
 def open_clip_tiny():
-    register_config()
     torch.manual_seed(0)
-    return OpenClipBackbone(MODEL_NAME, None)
+    return tiny_open_clip()
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +149,6 @@ def test_tinyclip_without_its_checkpoint_says_where_one_is(tmp_path):
 
 
 def test_random_init_warning_is_silenced_where_weights_follow(caplog):
-    from c2f_lib.features.tiny_clip import TinyClipConfig, build_model
-
     with caplog.at_level("WARNING"):
-        build_model(TinyClipConfig(vision_width=32, text_width=32, vision_layers=1, text_layers=1))
+        tiny_open_clip()
     assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]

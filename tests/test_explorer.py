@@ -86,5 +86,5 @@ def test_notebooks_06_and_07_headless(tmp_path):
                                    parameters={"run_dir": str(paths.run_dir), **extra}, kernel_name="python3",
                                    cwd=str(REPO_ROOT / "notebooks"), progress_bar=False)
     report = (paths.run_dir / "report.md").read_text()
-    assert "| xpool | moment_detr |" in report and "`03_coarse`: **missing**" in report
+    assert "| xpool |" in report and "**Missing stages** (not run):" in report and "`03_coarse`" in report
     assert "best moment" in (tmp_path / "07_explorer.ipynb").read_text()

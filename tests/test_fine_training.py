@@ -149,3 +149,23 @@ def test_models_fit_a_small_batch(name, preset):
     prior = evaluate_moments(WindowPrior.fit(samples).predict(samples), gts)["brief"]["MR-full-mAP"]
     # measured: QD-DETR 93.8 (55.5 without denoising queries), Moment-DETR 100, prior 35.2
     assert fitted > prior + 10.0, (fitted, prior)
+
+
+def test_train_or_load_all_in_two_processes_equals_one_process(tmp_path):
+    """Side-by-side training (two spawned workers) gives the models a single process trains, and a second
+    call reuses every checkpoint without starting a worker."""
+    from c2f_lib.training.fine import FineJob, train_or_load_all
+
+    train, val = make_samples(8, seed=1), make_samples(4, seed=2)
+    jobs = lambda folder: [FineJob("qd_detr", SMALL, _cfg(epochs=1), folder / "qd.pt"),  # noqa: E731
+                           FineJob("moment_detr", {k: v for k, v in SMALL.items() if k != "dn_groups"},
+                                   _cfg(epochs=1, loss_preset="moment_detr"), folder / "md.pt")]
+    torch.set_num_threads(1)
+    alone = train_or_load_all(jobs(tmp_path / "one"), train, val, workers=1)
+    parallel = train_or_load_all(jobs(tmp_path / "two"), train, val, workers=2)
+    for (a, _), (b, _) in zip(alone, parallel):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+    stamps = [p.stat().st_mtime_ns for p in sorted((tmp_path / "two").glob("*.pt"))]
+    train_or_load_all(jobs(tmp_path / "two"), train, val, workers=2)
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "two").glob("*.pt"))] == stamps

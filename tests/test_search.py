@@ -216,13 +216,12 @@ def test_real_models_plug_in(tmp_path):
 @pytest.mark.slow
 def test_cli_index_and_search_own_videos(tmp_path, capsys):
     """`c2f index` on two tiny PyAV-written mp4s (+ one broken file), then `c2f search`."""
-    import dataclasses
     import json
 
     from c2f_lib.cli import main as c2f
     from c2f_lib.features.backbone_specs import load_backbone
     from c2f_lib.features.testing import write_numbered_video
-    from c2f_lib.features.tiny_clip import TinyClipConfig, build_model as build_clip
+    from c2f_lib.features.tiny_clip import TinyClipConfig, TinyVideoClip, save_tiny_clip
     from c2f_lib.models.registry import build_model, save_model
 
     pytest.importorskip("c2f_lib.models.moment_detr")
@@ -231,10 +230,9 @@ def test_cli_index_and_search_own_videos(tmp_path, capsys):
     write_numbered_video(videos / "a.mp4", num_frames=40, fps=10.0)
     write_numbered_video(videos / "sub" / "b.mp4", num_frames=25, fps=10.0)
     (videos / "broken.mp4").write_bytes(b"not a video")
-    clip_cfg = TinyClipConfig(vision_width=64, vision_layers=1, text_width=64, text_layers=1)
     torch.manual_seed(0)
     clip_ckpt = tmp_path / "tinyclip.pt"
-    torch.save({"state_dict": build_clip(clip_cfg).state_dict(), "config": dataclasses.asdict(clip_cfg)}, clip_ckpt)
+    save_tiny_clip(clip_ckpt, TinyVideoClip(TinyClipConfig(width=16, text_width=64, text_layers=1)), {})
     backbone = load_backbone(f"tinyclip:{clip_ckpt}")
     fine = build_model("moment_detr", {"video_dim": backbone.embed_dim, "text_dim": backbone.token_dim,
                                        "hidden_dim": 16, "n_heads": 2, "ffn_dim": 32, "num_queries": 4})
@@ -258,16 +256,14 @@ def test_cli_index_and_search_own_videos(tmp_path, capsys):
 
 def _tiny_clip_and_fine(tmp_path):
     """A tiny CLIP checkpoint and a Moment-DETR that reads its features (sizes: 64 and its token width)."""
-    import dataclasses
 
     from c2f_lib.features.backbone_specs import load_backbone
-    from c2f_lib.features.tiny_clip import TinyClipConfig, build_model as build_clip
+    from c2f_lib.features.tiny_clip import TinyClipConfig, TinyVideoClip, save_tiny_clip
     from c2f_lib.models.registry import build_model, save_model
 
-    clip_cfg = TinyClipConfig(vision_width=32, vision_layers=1, text_width=32, text_layers=1)
     torch.manual_seed(0)
     clip_ckpt = tmp_path / "tinyclip.pt"
-    torch.save({"state_dict": build_clip(clip_cfg).state_dict(), "config": dataclasses.asdict(clip_cfg)}, clip_ckpt)
+    save_tiny_clip(clip_ckpt, TinyVideoClip(TinyClipConfig(width=16, text_width=32, text_layers=1)), {})
     backbone = load_backbone(f"tinyclip:{clip_ckpt}")
     for name, text_dim in (("fine.pt", backbone.token_dim), ("wide_text.pt", backbone.token_dim * 2)):
         save_model(tmp_path / name, build_model("moment_detr", {
@@ -319,7 +315,7 @@ def test_cli_index_matches_videos_by_content_and_refuses_bad_input_early(tmp_pat
     refused(["index", str(videos), "--backbone", "tinyclip", "--out", str(out)], "needs its checkpoint here")
     refused(["index", str(tmp_path / "missing")], f"folder not found, {tmp_path / 'missing'}")
     refused(index + ["--frames-per-clip", "2"], "built with other settings")
-    refused(index + ["--motion"], "needs --frames-per-clip 2 or more")
+    refused(index + ["--motion", "--frames-per-clip", "1"], "needs --frames-per-clip 2 or more")
     line = refused(["search", "a clock", "--index", str(out), "--fine", str(tmp_path / "wide_text.pt"),
                     "--device", "cpu"], "reads text tokens of width 64")
     assert line.startswith("c2f search: ") and line.endswith("wide_text.pt:--fine")

@@ -1,4 +1,4 @@
-"""Tiny CLIP training/caching and the extraction driver + CLI on a few generated videos."""
+"""Tiny video CLIP training/caching and the extraction driver + CLI on a few generated videos."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,10 @@ from c2f_lib.features.store import FeatureStore, read_failures
 from c2f_lib.features.store_bundles import load_coarse_split, load_moment_samples
 from c2f_lib.features.testing import write_numbered_video
 from c2f_lib.features.tiny_clip import TinyClipConfig, checkpoint_path, load_tiny_clip
-from c2f_lib.features.zero_shot import zero_shot_metrics
+from c2f_lib.evaluation.feature_probes import zero_shot_metrics
 
-TINY = TinyClipConfig(embed_dim=16, vision_width=32, vision_layers=1, text_width=32, text_layers=1,
-                      steps=3, batch_size=4, warmup_steps=1, frames_per_video=4)
+TINY = TinyClipConfig(embed_dim=16, width=16, text_width=32, text_layers=1, steps=3, batch_size=4, warmup_steps=1,
+                      frames_per_clip=2)
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +54,15 @@ def test_tiny_clip_trains_caches_and_reloads(dataset, tmp_path):
 def test_extract_store_loaders_and_failures(dataset, tmp_path):
     backbone = load_tiny_clip(dataset, TINY, cache_dir=tmp_path)
     out = tmp_path / "feats.h5"
-    summary = extract_dataset(dataset, backbone, out, ExtractConfig(num_frames=4, clip_len=2.0))
+    summary = extract_dataset(dataset, backbone, out, ExtractConfig(num_frames=4, clip_len=2.0, frames_per_clip=2))
     assert summary["encoded_videos"] == 3 and set(summary["failures"]) == {"broken"}
     assert "broken" in read_failures(out)
     with FeatureStore(out) as store:
+        # a video backbone's coarse frames are N of its clips: v0 = 30 frames at 5 fps = 3 clips of 2 s,
+        # picked [0, 0, 1, 2] (uniform over 3 clips), each indexed by its second frame
         assert store.frames("v0").shape == (4, 16)
-        assert store.frame_indices("v0").tolist() == [3, 10, 18, 25]  # segments [0,7) [7,15) [15,22) [22,30)
+        np.testing.assert_allclose(store.frames("v0"), store.clips("v0")[[0, 0, 1, 2]])
+        assert store.frame_indices("v0").tolist() == [7, 7, 17, 27]
         assert store.clips("v2").shape == (5, 16)  # 50 frames at 5 fps = 10 s = 5 clips of 2 s
     split = load_coarse_split(out, dataset / "captions_train.jsonl")
     assert split.frames.shape == (2, 4, 16) and split.text_to_video.tolist() == [0, 0, 1, 1]
@@ -72,7 +75,7 @@ def test_extract_store_loaders_and_failures(dataset, tmp_path):
         samples[0].token_feats)
     with FeatureStore(out) as store:
         assert store.meta.vocab_size == backbone.vocab_size == 49408
-    again = extract_dataset(dataset, backbone, out, ExtractConfig(num_frames=4, clip_len=2.0))
+    again = extract_dataset(dataset, backbone, out, ExtractConfig(num_frames=4, clip_len=2.0, frames_per_clip=2))
     assert again["encoded_videos"] == 0 and again["encoded_texts"] == 0  # rerun skips finished work
 
 
@@ -82,7 +85,7 @@ def test_cli_rejects_a_store_made_with_other_settings(dataset, tmp_path, capsys)
     ckpt = checkpoint_path(dataset, TINY, tmp_path)
     load_tiny_clip(dataset, TINY, cache_dir=tmp_path)
     base = ["features", "--dataset-dir", str(dataset), "--backbone", f"tinyclip:{ckpt}", "--out",
-            str(tmp_path / "s.h5"), "--device", "cpu", "--splits", "val"]
+            str(tmp_path / "s.h5"), "--device", "cpu", "--splits", "val", "--frames-per-clip", "2"]
     assert c2f(base + ["--num-frames", "3"]) == 0
     assert json.loads((tmp_path / "s.failures.json").read_text())[0]["vid"] == "broken"
     capsys.readouterr()
@@ -91,20 +94,44 @@ def test_cli_rejects_a_store_made_with_other_settings(dataset, tmp_path, capsys)
     assert len(err) == 1 and err[0].startswith("c2f features: ") and "num_frames: stored 3 != requested 5" in err[0]
 
 
-def test_tiny_clip_learns_synthmoments(tmp_path):
-    """Training must pull matching frame-caption pairs together (loss well under chance, log B).
+def test_clip_encoder_sees_motion_and_refuses_other_clip_lengths(dataset, tmp_path):
+    """A clip and the same frames played backwards must differ (one frame cannot show a direction), and a
+    store extracted with another number of frames per clip is refused with the flag to use."""
+    from c2f_lib.features.backbones import BackboneError
 
-    A smoke test of the optimisation path (sparse token-table gradients, two optimisers, schedule);
-    how well the default size generalises is measured by notebook 02 (zero-shot val R@1 vs chance).
-    """
+    backbone = load_tiny_clip(dataset, TINY, cache_dir=tmp_path)
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 255, size=(1, 2, 64, 64, 3), dtype=np.uint8)
+    forward, backward = backbone.encode_clips(clip), backbone.encode_clips(clip[:, ::-1].copy())
+    assert not np.allclose(forward, backward, atol=1e-4)
+    still = np.repeat(clip[:, :1], 2, axis=1)
+    np.testing.assert_allclose(backbone.encode_frames(clip[:, 0]), backbone.encode_clips(still), atol=1e-5)
+    with pytest.raises(BackboneError, match="--frames-per-clip 2"):
+        backbone.encode_clips(np.repeat(clip, 2, axis=1))
+
+
+def test_tiny_clip_learns_synthmoments(tmp_path):
+    """On a few SynthMoments videos, 150 steps must put a sentence's clips above the rest of its video
+    on the training videos (grounding AUC well above 50) and pull the contrastive loss under chance."""
     from dataclasses import replace
 
+    import torch
+
     from c2f_lib.data.synth import SynthConfig, generate_synthmoments
-    from c2f_lib.features.tiny_clip import train_tiny_clip
+    from c2f_lib.evaluation.feature_probes import grounding_auc
+    from c2f_lib.features.tiny_clip import TinyClipBackbone, train_tiny_clip
 
     generate_synthmoments(tmp_path, SynthConfig(seed=0, n_train_videos=12, n_val_videos=1, n_test_videos=1,
                                                 n_test_cg_videos=1, min_duration=12.0, max_duration=16.0))
-    cfg = replace(TinyClipConfig(), steps=100, batch_size=16, warmup_steps=10, frames_per_video=8)
-    _, log = train_tiny_clip(tmp_path, cfg)
-    chance = np.log(cfg.batch_size)
-    assert np.mean(log["loss"][-10:]) < 0.6 * chance, (np.mean(log["loss"][-10:]), chance)
+    cfg = replace(TinyClipConfig(), width=32, steps=150, batch_size=16, warmup_steps=10)
+    model, log = train_tiny_clip(tmp_path, cfg)
+    assert np.mean(log["nce"][-10:]) < 0.7 * np.log(2 * cfg.batch_size), np.mean(log["nce"][-10:])
+    backbone = TinyClipBackbone(model)
+    out = tmp_path / "s.h5"
+    extract_dataset(tmp_path, backbone, out, ExtractConfig(num_frames=4, clip_len=2.0, frames_per_clip=4),
+                    splits=["train"])
+    samples = load_moment_samples(out, tmp_path / "moments_train.jsonl")
+    with FeatureStore(out) as store:
+        clips = {s.vid: torch.from_numpy(store.clips(s.vid)).float() for s in samples}
+        sentences = torch.stack([torch.from_numpy(store.sentence(s.query)).float() for s in samples])
+    assert grounding_auc(samples, sentences, clips) > 70

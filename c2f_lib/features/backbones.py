@@ -110,6 +110,13 @@ def _weights_help(spec: str, offline: bool) -> str:
             f"or pass a weights file ({model_name}:/path/to/weights.bin), or use the embedded tinyclip:CHECKPOINT")
 
 
+def mean_frame_embedding(backbone, clip_frames: np.ndarray) -> torch.Tensor:
+    """uint8 [L, K, H, W, 3] -> [L, D]: the mean of each clip's K frame embeddings (what an image backbone
+    gives a clip); `backbone` needs only `encode_frames`."""
+    L, K = clip_frames.shape[:2]
+    return backbone.encode_frames(clip_frames.reshape(L * K, *clip_frames.shape[2:])).reshape(L, K, -1).mean(1)
+
+
 class Backbone(ABC):
     """A frozen CLIP-like model. Subclasses set the attributes below and the three text/image hooks."""
 
@@ -149,9 +156,7 @@ class Backbone(ABC):
     def encode_clips(self, clip_frames: np.ndarray, batch_size: int = 64) -> torch.Tensor:
         """uint8 [L, K, H, W, 3], the K frames of each clip -> [L, D]. An image backbone averages the
         K frame embeddings; a video backbone (`clip_level`) encodes the clip as a whole."""
-        L, K = clip_frames.shape[:2]
-        flat = clip_frames.reshape(L * K, *clip_frames.shape[2:])
-        return self.encode_frames(flat, batch_size).view(L, K, -1).mean(1)
+        return mean_frame_embedding(self, clip_frames)
 
     @torch.no_grad()
     def encode_sentences(self, texts: list[str]) -> torch.Tensor:

@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="uniform frames per video (the coarse stage's input)")
     parser.add_argument("--clip-len", type=positive_float, default=2.0,
                         help="seconds per clip feature (the fine stage's input)")
-    parser.add_argument("--frames-per-clip", type=positive_int, default=1, help="frames averaged per clip")
+    parser.add_argument("--frames-per-clip", type=positive_int, default=None,
+                        help="frames decoded per clip (default: tinyclip's own, 1 for image backbones, whose "
+                             "frame embeddings are averaged)")
     parser.add_argument("--motion", action="store_true",
                         help="also store each clip's colour-motion descriptor (needs --frames-per-clip >= 2)")
     parser.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"],
@@ -32,21 +34,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="backbone precision (fp16 halves GPU memory)")
 
 
+def frames_per_clip(args: argparse.Namespace, backbone) -> int:
+    """--frames-per-clip, or the backbone's own; checked against --motion (which needs two frames)."""
+    frames = args.frames_per_clip or getattr(backbone, "frames_per_clip", 1)
+    if args.motion and frames < 2:
+        raise UserError("needs --frames-per-clip 2 or more (motion is measured between a clip's frames)",
+                        field="--motion")
+    return frames
+
+
 def main(args: argparse.Namespace) -> int:
     from c2f_lib.features.backbone_specs import load_backbone
     from c2f_lib.features.extract import ExtractConfig, extract_dataset
     from c2f_lib.features.motion import MotionConfig
 
-    if args.motion and args.frames_per_clip < 2:
-        raise UserError("needs --frames-per-clip 2 or more (motion is measured between a clip's frames)",
-                        field="--motion")
     if not Path(args.dataset_dir).is_dir():
         raise UserError("not a folder" if Path(args.dataset_dir).exists() else "folder not found",
                         args.dataset_dir, field="--dataset-dir")
     backbone = load_backbone(args.backbone, device=args.device, precision=args.precision,
                              dataset_dir=args.dataset_dir)
     cfg = ExtractConfig(num_frames=args.num_frames, clip_len=args.clip_len,
-                        frames_per_clip=args.frames_per_clip, motion=MotionConfig() if args.motion else None,
+                        frames_per_clip=frames_per_clip(args, backbone), motion=MotionConfig() if args.motion else None,
                         backend=args.decoder, num_workers=args.workers)
     try:
         summary = extract_dataset(args.dataset_dir, backbone, args.out, cfg, splits=args.splits,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from c2f_lib.data.schema import read_captions, read_moments
-from c2f_lib.features.backbones import Backbone
+from c2f_lib.features.backbones import Backbone, mean_frame_embedding
 from c2f_lib.features.decode import SampledVideo, VideoDecodeError, sample_video, uniform_indices
 from c2f_lib.features.motion import MotionConfig, motion_features
 from c2f_lib.features.store import StoreMeta, failures_path, read_failures
@@ -110,7 +110,9 @@ def store_meta(backbone: Backbone, cfg: ExtractConfig) -> StoreMeta:
 def encode_clips(backbone: Backbone, clip_frames: np.ndarray, motion: MotionConfig | None = None
                  ) -> tuple[torch.Tensor, np.ndarray | None]:
     """[L, K, H, W, 3] frames of each clip -> (clip embedding [L, D], motion descriptor [L, M] or None)."""
-    return backbone.encode_clips(clip_frames), (motion_features(clip_frames, motion) if motion is not None else None)
+    clips = backbone.encode_clips(clip_frames) if getattr(backbone, "clip_level", False) else \
+        mean_frame_embedding(backbone, clip_frames)                       # duck-typed image backbones too
+    return clips, (motion_features(clip_frames, motion) if motion is not None else None)
 
 
 def coarse_frames(backbone: Backbone, video: SampledVideo, clips: torch.Tensor, num_frames: int

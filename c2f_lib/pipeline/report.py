@@ -26,6 +26,7 @@ from c2f_lib.utils import atomic_write_text, read_json
 # stage -> kind of model it trains (checkpoints/<stage>/<name>_seed<seed>.pt, or
 # checkpoints/<stage>/<name>_seed<seed>/<name>.pt for stages that keep several files per seed)
 STAGES = {"03_coarse": "coarse", "04_textdiff": "coarse", "05_fine": "fine"}
+REPORTED = ("01_synthmoments", "02_features", *STAGES)   # stages whose metrics the report shows
 # The fine model is the one with the best moment-retrieval number, looked up in this order:
 #  1. validation numbers in stage 05's metrics json (`mean.val.<model>`, mean over seeds);
 #  2. the validation numbers each fine checkpoint keeps from training (`summary.best_val`);
@@ -43,7 +44,7 @@ def stage_metrics(run_dir: str | Path) -> dict[str, dict | None]:
     """Each upstream stage's metrics json, or None when the stage has not run."""
     paths = RunPaths(run_dir)
     return {stage: read_json(paths.metrics_file(stage)) if paths.metrics_file(stage).exists() else None
-            for stage in STAGES}
+            for stage in REPORTED}
 
 
 def find_checkpoints(run_dir: str | Path, seed: int = 0) -> dict[str, dict[str, Path]]:
@@ -146,67 +147,189 @@ def evaluate_methods(checkpoints: dict[str, dict[str, Path]], store: str | Path,
     return results
 
 
-def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
-    return head + "".join("| " + " | ".join(fmt(r.get(c, "—")) for c in columns) + " |\n" for r in rows)
+def _fmt(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
-HEADLINE = ("VR-R@1", "VR-R@10", "SVMR-R@1-IoU0.5", "SVMR-R@1-IoU0.7", "VCMR-R@1-IoU0.5",
-            "VCMR-R@1-IoU0.7", "VCMR-R@10-IoU0.5", "VCMR-R@100-IoU0.7")
+def _table(rows: list[dict[str, Any]], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+    """A markdown table; `headers` are the shown column names (default: the keys)."""
+    names = headers or columns
+    head = "| " + " | ".join(names) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "".join("| " + " | ".join(_fmt(r.get(c, "—")) for c in columns) + " |\n" for r in rows)
+
+
+def metric_label(name: str) -> str:
+    """'VCMR-R@1-IoU0.5' -> 'VCMR R@1 (IoU ≥ 0.5)': readable, and no Markdown preview turns it into a mailto
+    link (an '@' followed by a dotted word looks like an e-mail address)."""
+    for setting in ("VCMR-", "SVMR-", "MR-full-"):
+        if name.startswith(setting):
+            label, rest = setting.rstrip("-").replace("MR-full", "MR"), name[len(setting):]
+            if "-IoU" in rest:
+                recall, iou = rest.split("-IoU")
+                return f"{label} {recall} (IoU ≥ {iou})"
+            if "@" in rest:
+                recall, iou = rest.split("@")
+                return f"{label} {recall} (IoU ≥ {iou})"
+            return f"{label} {rest}"
+    return name.replace("-", " ")
+
+
+def _pm(mean: float, std: float | None, n: int) -> str:
+    return f"{mean:.1f} ± {std:.1f}" if n > 1 and std is not None else f"{mean:.1f}"
+
+
+def _data_section(m01: dict | None) -> list[str]:
+    if not m01:
+        return []
+    rows = [{"split": s, "videos": m01["videos"][s], "queries": m01["queries"][s],
+             "mean video (s)": m01["mean_duration_s"][s], "mean moment (s)": m01["mean_moment_s"][s]}
+            for s in sorted(m01["videos"], key=lambda s: SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER))]
+    return ["## 1. Data (stage 01)", "",
+            _table(rows, ["split", "videos", "queries", "mean video (s)", "mean moment (s)"])]
+
+
+def _features_section(m02: dict | None) -> list[str]:
+    if not m02 or "grounding_auc_val" not in m02:
+        return []
+    zs = m02["zero_shot_val"]
+    rows = [{"probe": "caption → video R@1, mean of clips (val)", "value": zs["t2v_R@1"],
+             "chance": zs["t2v_R@1_chance"]}]
+    for split in ("val", "test_cg"):
+        if f"grounding_auc_{split}" in m02:
+            recall = m02[f"moment_video_recall_{split}"]
+            rows += [{"probe": f"sentence–clip grounding AUC ({split})", "value": m02[f"grounding_auc_{split}"],
+                      "chance": 50.0},
+                     {"probe": f"moment → video R@1, best clip ({split})", "value": recall["R@1"],
+                      "chance": 100.0 / recall["videos"]}]
+    return ["## 2. Features (stage 02)", "", f"Backbone `{m02['backbone']}` (`{m02['weights']}`); probes need no "
+            "training.", "", _table(rows, ["probe", "value", "chance"], ["probe (no training)", "value", "chance"])]
+
+
+def _coarse_section(m03: dict | None, m04: dict | None, split: str) -> list[str]:
+    if not m03:
+        return []
+    r1 = m03["t2v_R@1"][split]
+    base = r1["correct"].get("meanpool")
+    rows = [{"method": method, "R@1": _pm(v["mean"], v.get("std"), v.get("n", 1)),
+             "Δ": "—" if base is None or method == "meanpool" else f"{v['mean'] - base['mean']:+.1f}",
+             "reference": r1["reference"][method]["mean"]} for method, v in r1["correct"].items()]
+    lines = ["## 3. Coarse retrieval (stage 03)", "",
+             f"Text → video R@1 (%) on `{split}`, every caption against the whole gallery. **Correct** protocol: "
+             "each video pooled by the query being scored; the published code's **reference** protocol pools each "
+             "gallery video by its own caption and leaks the answer. Mean-pool is the baseline.", "",
+             _table(rows, ["method", "R@1", "Δ", "reference"],
+                    ["method", "R@1 (correct)", "Δ vs mean-pool", "R@1 (reference, leaky)"])]
+    td = (m04 or {}).get("t2v_v2t", {})
+    if f"textdiff/{split}" in td and f"xpool/{split}" in td:
+        t, x = td[f"textdiff/{split}"]["t2v_R@1"], td[f"xpool/{split}"]["t2v_R@1"]
+        ablation = sorted(m04.get("step_ablation_t2v_R@1", {}).items(), key=lambda kv: int(kv[0]))
+        lines += ["", "## 4. TextDiff (stage 04)", "",
+                  _table([{"method": "X-Pool (the base TextDiff refines)", "R@1": x["mean"], "Δ": "—"},
+                          {"method": "TextDiff", "R@1": t["mean"], "Δ": f"{t['mean'] - x['mean']:+.1f}"}],
+                         ["method", "R@1", "Δ"], ["method", f"R@1 on {split} (correct)", "Δ vs X-Pool"]),
+                  "Diffusion steps K (seed 0, R@1 on " + split + "): "
+                  + (", ".join(f"K = {k}: {v[split]:.1f}" for k, v in ablation) or "—") + "."]
+    return lines
+
+
+SPLIT_ORDER = ("train", "val", "test", "test_cg")
+FINE_HEADLINE = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP")
+
+
+def _fine_section(m05: dict | None) -> list[str]:
+    if not m05:
+        return []
+    prior, mean, std, n = m05["window_prior"], m05["mean"], m05.get("std", {}), m05.get("n_seeds", 1)
+    rows = []
+    for name in [*mean.get("test", {}), "window prior"]:
+        row: dict[str, Any] = {"model": name}
+        for split in ("test", "test_cg"):
+            values = prior[split] if name == "window prior" else mean[split][name]
+            for metric in FINE_HEADLINE:
+                sd = None if name == "window prior" else std.get(split, {}).get(name, {}).get(metric)
+                row[f"{split} {metric}"] = _pm(values[metric], sd, n)
+            row[f"{split} Δ"] = "—" if name == "window prior" else \
+                f"{values['MR-full-R1@0.5'] - prior[split]['MR-full-R1@0.5']:+.1f}"
+        rows.append(row)
+    metrics = (*FINE_HEADLINE, "Δ")
+    columns = [f"{s} {m}" for s in ("test", "test_cg") for m in metrics]
+    headers = [f"{s}: {'Δ R1 vs prior' if m == 'Δ' else metric_label(m)}" for s in ("test", "test_cg") for m in metrics]
+    lines = ["## 5. Fine grounding (stage 05)", "",
+             "Moment retrieval inside the ground-truth video (QVHighlights evaluator, %). The **window prior** "
+             "ignores video and sentence (the best position-only answer on train); Δ is R1 (IoU ≥ 0.5) above it.", "",
+             _table(rows, ["model", *columns], ["model", *headers])]
+    swap = m05.get("query_swap_test", {})
+    if swap:
+        rows = [{"model": name, **scores} for name, scores in swap.items()]
+        lines += ["**Does it read the sentence?** The query-swap test asks each `test` query's video again with "
+                  "another moment's sentence: a text-blind model keeps its answer (query dependence 0), a grounding "
+                  "one follows the new sentence (dependence up to its own R1).", "",
+                  _table(rows, ["model", "own", "swapped_vs_own", "swapped_vs_partner", "query_dependence"],
+                         ["model", "R1, own sentence", "R1, swapped vs own window", "R1, swapped vs partner window",
+                          "query dependence"])]
+    return lines
+
+
+VCMR_COLUMNS = ("VR-R@1", "VR-R@10", "SVMR-R@1-IoU0.5", "VCMR-R@1-IoU0.5", "VCMR-R@1-IoU0.7", "VCMR-R@10-IoU0.5")
+
+
+def _vcmr_section(results: list[MethodResult], oracle: dict | None, cfg: SearchConfig, split: str,
+                  chosen: str, mode: str) -> list[str]:
+    lines = ["## 6. Coarse-to-fine search (stage 06)", "",
+             f"Video-corpus moment retrieval on `{split}`: each coarse method ranks the whole corpus, {chosen} "
+             f"localises the moment in its top {cfg.k_videos} videos, `{cfg.fusion}` fusion; {mode}. A moment in "
+             "the wrong video is a miss; the ceiling is the share of queries whose video is in the shortlist.", ""]
+    if not results:
+        return lines + ["**Not evaluated**: needs at least one coarse and one fine checkpoint."]
+    base = next((r for r in results if r.method == "meanpool"), None)
+    ceiling = f"Ceiling@{cfg.k_videos}"
+    rows = [{"coarse": r.method, ceiling: r.metrics.get(ceiling), **{c: r.metrics.get(c) for c in VCMR_COLUMNS},
+             "Δ": "—" if base is None or r is base else
+             f"{r.metrics['VCMR-R@1-IoU0.5'] - base.metrics['VCMR-R@1-IoU0.5']:+.1f}"} for r in results]
+    if oracle:
+        rows.append({"coarse": "script oracle (ceiling)", ceiling: oracle.get(ceiling),
+                     **{c: oracle.get(c) for c in VCMR_COLUMNS}, "Δ": "—"})
+    lines.append(_table(rows, ["coarse", ceiling, *VCMR_COLUMNS, "Δ"],
+                        ["coarse", f"ceiling (top {cfg.k_videos})", *map(metric_label, VCMR_COLUMNS),
+                         "Δ VCMR vs mean-pool"]))
+    if oracle:
+        lines += ["The **script oracle** knows each video's script and each query's (colour, shape, action): it "
+                  "finds every video holding the event and guesses among them, with exact windows. No system "
+                  "reading the same sentences can beat it on average.", ""]
+    ks = sorted({k for r in results for k in r.by_k})
+    rows = [{"coarse": r.method, **{k: f"{m['VCMR-R@1-IoU0.5']:.1f} ({m[f'Ceiling@{k}']:.1f})" for k, m in r.by_k.items()}}
+            for r in results]
+    lines += ["### Videos handed to the fine model", "",
+              f"{metric_label('VCMR-R@1-IoU0.5')} (and the ceiling) when the fine model searches the top K videos:", "",
+              _table(rows, ["coarse", *ks], ["coarse", *(f"K = {k}" for k in ks)])]
+    return lines
 
 
 def build_report(stages: dict[str, dict | None], results: list[MethodResult], figures: dict[str, Path],
                  cfg: SearchConfig, split: str, notes: Sequence[str] = (), fine: FineChoice | None = None,
-                 dataset: str = "synthmoments") -> str:
-    """Markdown: which stages ran, the headline table, effect of K, figures (paths relative to run_dir)."""
-    chosen = f"`{fine.name}`, chosen by {fine.basis}" if fine and fine.name else "the best fine model"
-    mode = ("two-query mode: the coarse stage searches with a caption of the query's video, the fine stage "
-            "with the moment sentence" if cfg.coarse_query == "caption" else "single-query mode: both stages "
-            "search with the moment sentence")
+                 dataset: str = "synthmoments", oracle: dict | None = None) -> str:
+    """Markdown, one section per stage: each method beside its baseline with the difference, the query-swap
+    test, coarse-to-fine search with the script oracle's ceiling, then the figures (paths relative to run_dir)."""
+    chosen = f"`{fine.name}` (chosen by {fine.basis})" if fine and fine.name else "the best fine model"
+    mode = ("two-query mode: the coarse stage searches with a caption of the query's video, the fine stage with "
+            "the moment sentence" if cfg.coarse_query == "caption" else "single-query mode: both stages search with the moment "
+            "sentence")
     lines = ["# c2f evaluation report", "",
-             f"Coarse-to-fine video-corpus moment retrieval on `{dataset}`, `{split}` split: top-{cfg.k_videos} "
-             f"videos from each coarse method, moments from {chosen}, `{cfg.fusion}` fusion; {mode}.", "",
-             "## Stages", ""]
-    for stage, metrics in stages.items():
-        lines.append(f"- `{stage}`: " + ("metrics found" if metrics is not None else "**missing** (stage not run)"))
+             f"Dataset `{dataset}`, held-out split `{split}`; checkpoints and the fine model were chosen on validation.", ""]
+    missing = [stage for stage, metrics in stages.items() if metrics is None]
+    if missing:
+        lines += [f"**Missing stages** (not run): {', '.join(f'`{s}`' for s in missing)}.", ""]
     lines += [f"- {note}" for note in notes]
-    lines += ["", "## Coarse-to-fine VCMR (percent)", ""]
-    if results:
-        rows = [{"coarse": r.method, "fine": r.fine, **r.metrics} for r in results]
-        lines.append(_table(rows, ["coarse", "fine", f"Ceiling@{cfg.k_videos}", *HEADLINE]))
-        lines += ["## Effect of K (videos searched)", ""]
-        rows = [{"coarse": r.method, "K": k, "Ceiling@K": m[f"Ceiling@{k}"], **m}
-                for r in results for k, m in r.by_k.items()]
-        lines.append(_table(rows, ["coarse", "K", "Ceiling@K", "VCMR-R@1-IoU0.5", "VCMR-R@1-IoU0.7"]))
-    else:
-        lines.append("**Not evaluated**: needs at least one coarse and one fine checkpoint.")
-    for name, path in figures.items():
-        lines += ["", f"### {name}", "", f"![{name}]({path})"]
-    for stage, metrics in stages.items():
-        rows = [{"metric": " / ".join(path), "value": value} for path, value in _leaves(metrics or {})]
-        if rows:
-            lines += ["", f"## `{stage}` headline numbers", "", _table(rows, ["metric", "value"])]
+    for section in (_data_section(stages.get("01_synthmoments")), _features_section(stages.get("02_features")),
+                    _coarse_section(stages.get("03_coarse"), stages.get("04_textdiff"), split),
+                    _fine_section(stages.get("05_fine")), _vcmr_section(results, oracle, cfg, split, chosen, mode)):
+        if section:
+            lines += [*section, ""]
+    if figures:
+        lines += ["## Figures", ""]
+        for name, path in figures.items():
+            lines += [f"### {name}", "", f"![{name}]({path})", ""]
     return "\n".join(lines) + "\n"
-
-
-# Bulky or per-seed entries of a stage's metrics that the report leaves to the json file.
-_NOT_HEADLINE = {"provenance", "model_config", "per_seed", "config", "history"}
-
-
-def _leaves(metrics: dict, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str | float]]:
-    """(path, value) for every number in a nested metrics dict; {mean, std} pairs become 'mean ± std'."""
-    if all(isinstance(metrics.get(k), (int, float)) for k in ("mean", "std")):
-        return [(path, f"{metrics['mean']:.2f} ± {metrics['std']:.2f}")]
-    found = []
-    for key, value in metrics.items():
-        if key in _NOT_HEADLINE:
-            continue
-        if isinstance(value, dict):
-            found += _leaves(value, (*path, str(key)))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            found.append(((*path, str(key)), value))
-    return found
 
 
 def write_report(run_dir: str | Path, markdown: str) -> Path:

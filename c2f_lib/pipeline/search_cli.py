@@ -71,7 +71,9 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="index folder (default: VIDEO_DIR/.c2f_index)")
     parser.add_argument("--num-frames", type=positive_int, default=12, help="uniform frames per video (coarse)")
     parser.add_argument("--clip-len", type=positive_float, default=2.0, help="seconds per clip feature (fine)")
-    parser.add_argument("--frames-per-clip", type=positive_int, default=1, help="frames averaged per clip")
+    parser.add_argument("--frames-per-clip", type=positive_int, default=None,
+                        help="frames decoded per clip (default: tinyclip's own, 1 for image backbones, whose "
+                             "frame embeddings are averaged)")
     parser.add_argument("--motion", action="store_true",
                         help="add the colour-motion descriptor to the clip features, as the fine model was "
                              "trained (needs --frames-per-clip >= 2)")
@@ -112,6 +114,7 @@ def extract_folder(videos: dict[str, Path], store_path: Path, backbone, cfg) -> 
 
 def main_index(args: argparse.Namespace) -> int:
     from c2f_lib.features.backbone_specs import load_backbone
+    from c2f_lib.features.cli import frames_per_clip
     from c2f_lib.features.extract import VIDEO_EXTENSIONS, ExtractConfig
     from c2f_lib.features.motion import MotionConfig
     from c2f_lib.features.store import failures_path
@@ -124,13 +127,10 @@ def main_index(args: argparse.Namespace) -> int:
     videos = find_videos(args.video_dir)
     if not videos:
         raise UserError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) in this folder", args.video_dir)
-    if args.motion and args.frames_per_clip < 2:
-        raise UserError("needs --frames-per-clip 2 or more (motion is measured between a clip's frames)",
-                        field="--motion")
     device = args.device
-    cfg = ExtractConfig(num_frames=args.num_frames, clip_len=args.clip_len, frames_per_clip=args.frames_per_clip,
-                        motion=MotionConfig() if args.motion else None)
     backbone = load_backbone(args.backbone, device=device)
+    cfg = ExtractConfig(num_frames=args.num_frames, clip_len=args.clip_len,
+                        frames_per_clip=frames_per_clip(args, backbone), motion=MotionConfig() if args.motion else None)
     # The checkpoints must fit this backbone: found now, not after extraction, nor at search time.
     if args.fine is not None:
         motion_dim = cfg.motion.dim if cfg.motion else 0

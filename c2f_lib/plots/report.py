@@ -12,13 +12,20 @@ from c2f_lib.evaluation.vcmr import IOU_THRESHOLDS, RECALL_KS
 
 def recall_curves(metrics_by_method: dict[str, dict[str, float]], setting: str = "VCMR",
                   ks: Sequence[int] = RECALL_KS) -> plt.Figure:
-    """R@K against K (log axis), one line per method, one panel per IoU threshold."""
-    rows = [{"method": m, "K": k, "IoU": f"IoU {t:g}", "recall": metrics[f"{setting}-R@{k}-IoU{t:g}"]}
-            for m, metrics in metrics_by_method.items() for t in IOU_THRESHOLDS for k in ks
-            if f"{setting}-R@{k}-IoU{t:g}" in metrics]
+    """R@K against K (log axis), one line per method, one panel per IoU threshold. Methods whose curves are
+    identical (SVMR: every coarse method hands the same fine model the ground-truth video) share one line."""
+    curves: dict[tuple, list[str]] = {}
+    for method, metrics in metrics_by_method.items():
+        key = tuple(metrics.get(f"{setting}-R@{k}-IoU{t:g}") for t in IOU_THRESHOLDS for k in ks)
+        curves.setdefault(key, []).append(method)
+    rows = [{"method": " = ".join(methods), "K": k, "IoU": f"IoU ≥ {t:g}",
+             "recall": metrics_by_method[methods[0]][f"{setting}-R@{k}-IoU{t:g}"]}
+            for methods in curves.values() for t in IOU_THRESHOLDS for k in ks
+            if f"{setting}-R@{k}-IoU{t:g}" in metrics_by_method[methods[0]]]
     grid = sns.relplot(pd.DataFrame(rows), x="K", y="recall", hue="method", col="IoU", kind="line",
                        marker="o", height=3, aspect=1.2)
-    grid.set(xscale="log", ylabel=f"{setting} recall (%)")
+    grid.set_titles(col_template="{col_name}")
+    grid.set(xscale="log", xlabel="K (a hit among the first K moments)", ylabel=f"{setting} R@K (%)")
     return grid.figure
 
 
@@ -41,8 +48,8 @@ def effect_of_k(by_k: dict[str, dict[int, dict[str, float]]], metric: str = "VCM
             rows.append({"method": method, "K": k, "value": m[f"Ceiling@{k}"], "curve": "ceiling"})
     fig, ax = plt.subplots(figsize=(6, 3))
     sns.lineplot(pd.DataFrame(rows), x="K", y="value", hue="method", style="curve", marker="o", ax=ax)
-    ax.set_ylabel("percent")
-    ax.set_title("effect of K (videos handed to the fine model)")
+    ax.set(xlabel="videos handed to the fine model", ylabel="percent of queries")
+    ax.set_title(f"{metric.replace('-', ' ')} and the shortlist ceiling")
     fig.tight_layout()
     return fig
 
