@@ -56,7 +56,7 @@ LABEL_FIELDS = tuple(f for group in LABEL_GROUPS for f in group)
 class TinyClipConfig:
     """Architecture and training of the tiny video-text CLIP."""
 
-    embed_dim: int = 64            # D, the joint space
+    embed_dim: int = 128           # D, the joint space (64 -> 128: val grounding AUC 78 -> 82, moment -> video R@1 10 -> 12)
     image_size: int = 64
     frames_per_clip: int = 4       # K frames per clip seen by the clip encoder (4 are as good as 8)
     clip_len: float = 2.0          # seconds per training clip (the fine stage's clip)

@@ -88,7 +88,8 @@ RULES: dict[str, dict[str, Rule]] = {
     "02": {
         "num_frames": at_least(1), "clip_len": above(0), "frames_per_clip": at_least(2), "motion": ANY,
         "tiny_steps": at_least(1), "tiny_batch_size": at_least(2),
-        "tiny_width": at_least(32),                        # one attention head has 32 channels
+        "tiny_width": at_least(32),                        # GroupNorm(8) over the clip encoder's channels
+        "tiny_embed_dim": at_least(2),
         "tiny_lr": above(0),
     },
     "03": {
