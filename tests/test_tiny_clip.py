@@ -135,3 +135,27 @@ def test_tiny_clip_learns_synthmoments(tmp_path):
         clips = {s.vid: torch.from_numpy(store.clips(s.vid)).float() for s in samples}
         sentences = torch.stack([torch.from_numpy(store.sentence(s.query)).float() for s in samples])
     assert grounding_auc(samples, sentences, clips) > 70
+
+
+def test_extract_under_bf16_autocast_is_close_to_fp32(dataset, tmp_path):
+    import torch
+
+    backbone = load_tiny_clip(dataset, TINY, cache_dir=tmp_path)
+    seen = set()
+    for module in backbone.model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)):
+            module.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype) and None)
+    stores = {}
+    for amp in (False, "bf16"):
+        seen.clear()
+        stores[amp] = tmp_path / f"feats_{amp}.h5"
+        extract_dataset(dataset, backbone, stores[amp], ExtractConfig(num_frames=4, clip_len=2.0, frames_per_clip=2,
+                                                                      amp=amp))
+        assert torch.bfloat16 in seen if amp else seen == {torch.float32}
+    with FeatureStore(stores[False]) as fp32, FeatureStore(stores["bf16"]) as bf16:
+        for vid in ("v0", "v1", "v2"):
+            a, b = torch.as_tensor(fp32.clips(vid)).float(), torch.as_tensor(bf16.clips(vid)).float()
+            assert a.shape == b.shape and torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.99
+            assert not torch.equal(a, b)     # bf16 did run: the features are close, not identical
+        a, b = (torch.as_tensor(s.sentence("event 0 happens")).float() for s in (fp32, bf16))
+        assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99

@@ -30,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="video decoder (auto: decord when installed, else PyAV)")
     parser.add_argument("--workers", type=non_negative_int, default=0, help="decoding processes")
     parser.add_argument("--device", type=cli_types.device, default="auto", help=DEVICE_HELP)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
-                        help="backbone precision (fp16 halves GPU memory)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "amp"],
+                        help="backbone precision: fp16 weights (halve GPU memory), or amp: fp32 weights under "
+                             "autocast (fp16 on CUDA, bf16 on CPU)")
 
 
 def frames_per_clip(args: argparse.Namespace, backbone) -> int:
@@ -51,11 +52,13 @@ def main(args: argparse.Namespace) -> int:
     if not Path(args.dataset_dir).is_dir():
         raise UserError("not a folder" if Path(args.dataset_dir).exists() else "folder not found",
                         args.dataset_dir, field="--dataset-dir")
-    backbone = load_backbone(args.backbone, device=args.device, precision=args.precision,
+    weights_precision = "fp32" if args.precision == "amp" else args.precision
+    backbone = load_backbone(args.backbone, device=args.device, precision=weights_precision,
                              dataset_dir=args.dataset_dir)
     cfg = ExtractConfig(num_frames=args.num_frames, clip_len=args.clip_len,
                         frames_per_clip=frames_per_clip(args, backbone), motion=MotionConfig() if args.motion else None,
-                        backend=args.decoder, num_workers=args.workers)
+                        backend=args.decoder, num_workers=args.workers,
+                        amp="auto" if args.precision == "amp" else False)
     try:
         summary = extract_dataset(args.dataset_dir, backbone, args.out, cfg, splits=args.splits,
                                   video_dir=args.video_dir)

@@ -24,6 +24,7 @@ from c2f_lib.features.motion import MotionConfig, motion_features
 from c2f_lib.features.store import StoreMeta, failures_path, read_failures
 from c2f_lib.features.store_writer import FeatureStoreWriter
 from c2f_lib.progress import progress
+from c2f_lib.amp import Precision, check_amp
 from c2f_lib.utils import atomic_write_json
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
@@ -38,8 +39,10 @@ class ExtractConfig:
     backend: str = "auto"         # decord, pyav, or auto (decord, then PyAV)
     num_workers: int = 0          # decoding processes (0 = in this process)
     text_batch: int = 256
+    amp: bool | str = False       # autocast of the backbone's forward, as c2f_lib/amp.py ("auto": fp16 on CUDA, bf16 on CPU)
 
     def __post_init__(self) -> None:
+        check_amp(self.amp)
         if self.motion is not None and self.frames_per_clip < 2:
             raise ValueError(f"motion features need frames_per_clip >= 2, got {self.frames_per_clip}")
 
@@ -125,6 +128,11 @@ def coarse_frames(backbone: Backbone, video: SampledVideo, clips: torch.Tensor, 
     return clips[picks], video.clip_indices[picks, video.clip_indices.shape[1] // 2]
 
 
+def autocast(backbone: Backbone, cfg: ExtractConfig):
+    """The autocast context `cfg.amp` asks for on the backbone's device (a no-op for amp False)."""
+    return Precision.of(cfg.amp, getattr(backbone, "device", "cpu")).autocast()
+
+
 def extract_videos(writer: FeatureStoreWriter, backbone: Backbone, sources: Path | Mapping[str, Path],
                    vids: list[str], cfg: ExtractConfig, failures: dict[str, str]) -> int:
     """Encode and write the frame and clip features of every vid not yet in the store.
@@ -140,8 +148,10 @@ def extract_videos(writer: FeatureStoreWriter, backbone: Backbone, sources: Path
         if isinstance(video, str):
             failures[vid] = video
             continue
-        clips, motion = encode_clips(backbone, video.clip_frames, cfg.motion)           # [L, D], [L, M]
-        frames, frame_indices = coarse_frames(backbone, video, clips, cfg.num_frames)   # [N, D], [N]
+        with autocast(backbone, cfg):
+            clips, motion = encode_clips(backbone, video.clip_frames, cfg.motion)       # [L, D], [L, M]
+            frames, frame_indices = coarse_frames(backbone, video, clips, cfg.num_frames)   # [N, D], [N]
+        clips, frames = clips.float(), frames.float()
         writer.put_video(vid, frames=frames, frame_indices=frame_indices, clips=clips, motion=motion, clip_len=cfg.clip_len, duration=video.duration,
                          fps=video.fps, source=source)
         failures.pop(vid, None)
@@ -167,7 +177,8 @@ def extract_dataset(dataset_dir: str | Path, backbone: Backbone, out: str | Path
         batches = range(0, len(todo_texts), cfg.text_batch)
         for start in progress(batches, desc="text features", unit="batch"):
             batch = todo_texts[start:start + cfg.text_batch]
-            sentences, tokens, mask, ids = backbone.encode_texts(batch)  # [T, D], [T, Lq, Dt], [T, Lq] x2
+            with autocast(backbone, cfg):
+                sentences, tokens, mask, ids = backbone.encode_texts(batch)  # [T, D], [T, Lq, Dt], [T, Lq] x2
             writer.put_texts(batch, sentences=sentences,
                              tokens=[token[valid] for token, valid in zip(tokens, mask)],
                              token_ids=[row[valid] for row, valid in zip(ids, mask)])
