@@ -39,7 +39,7 @@ class ExtractConfig:
     backend: str = "auto"         # decord, pyav, or auto (decord, then PyAV)
     num_workers: int = 0          # decoding processes (0 = in this process)
     text_batch: int = 256
-    amp: bool | str = False       # autocast of the backbone's forward, as c2f_lib/amp.py ("auto": fp16 on CUDA, bf16 on CPU)
+    amp: bool | str = False       # autocast of the backbone, as c2f_lib/amp.py ("auto": fp16 CUDA, bf16 CPU)
 
     def __post_init__(self) -> None:
         check_amp(self.amp)
@@ -223,15 +223,17 @@ def merge_shards(dataset_dir: str | Path, out: str | Path, count: int, splits: l
     for path in shards:
         if not path.exists():
             unfinished = path.with_name(path.name + ".partial").exists()
-            raise FileNotFoundError(f"{path}: shard {'not finished (a .partial file is there)' if unfinished else 'missing'}"
-                                    f"; run `c2f features ... --shard {shards.index(path)}/{count}` (it resumes)")
+            state = "not finished (a .partial file is there)" if unfinished else "missing"
+            raise FileNotFoundError(f"{path}: shard {state}; run `c2f features ... --shard "
+                                    f"{shards.index(path)}/{count}` (it resumes)")
     stores = [FeatureStore(p) for p in shards]
     try:
         meta = stores[0].meta
         for store in stores[1:]:
             problems = store.meta.mismatches(meta)
             if problems:
-                raise StoreError(f"{store.path}: built with other settings than {shards[0]} ({'; '.join(problems)})")
+                raise StoreError(f"{store.path}: built with other settings than {shards[0]} "
+                                 f"({'; '.join(problems)})")
         failures: dict[str, str] = {}
         for path in shards:
             failures.update(read_failures(path))

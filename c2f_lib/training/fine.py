@@ -1,7 +1,8 @@
 """Training loop of the fine grounding models (Moment-DETR, QD-DETR, MESM).
 
 AdamW with gradient clipping, checkpoint selection on the *validation* split (never test), resume
-from `last.pt`, deterministic under a seed, mixed precision per `amp` (c2f_lib/amp.py: fp16 + GradScaler on CUDA, bf16 on CPU when asked), and data-parallel
+from `last.pt`, deterministic under a seed, mixed precision per `amp` (c2f_lib/amp.py: fp16 + GradScaler
+on CUDA, bf16 on CPU when asked), and data-parallel
 under torchrun: every rank processes its slice of each global batch and DDP averages gradients.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ class FineTrainConfig:
     eval_every: int = 1
     seed: int = 0
     device: str = "auto"
-    amp: bool | str = True                      # True: fp16 + GradScaler on CUDA only; "auto": also bf16 on CPU (c2f_lib/amp.py)
+    amp: bool | str = True                      # True: fp16 + GradScaler on CUDA only; "auto": + bf16 on CPU
 
     def __post_init__(self) -> None:
         check_amp(self.amp)

@@ -82,7 +82,7 @@ def train_teacher(model: TextDiff, train: CoarseSplit, val: CoarseSplit,
                   cfg: TeacherTrainConfig, amp: bool | str = False) -> list[dict[str, float]]:
     """Phase 1 in place: plain denoising of the teacher; keeps the best validation epoch.
 
-    `amp` as in CoarseTrainConfig (train_textdiff passes the student's, so one switch covers both phases)."""
+    `amp` as in CoarseTrainConfig (train_textdiff passes the student's: one switch covers both phases)."""
     device = torch.device(resolve_device(cfg.device))
     precision = Precision.of(amp, device)
     scaler = precision.scaler()
