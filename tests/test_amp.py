@@ -97,3 +97,37 @@ def test_textdiff_teacher_epoch_under_bf16_autocast_on_cpu():
         losses[amp] = history[0]["train_denoise"]
         assert seen == ({torch.bfloat16} if amp else {torch.float32})
     assert torch.isfinite(torch.tensor(losses["auto"])) and _close(losses["auto"], losses[False]), losses
+
+
+@pytest.mark.parametrize("name, preset", [("moment_detr", "moment_detr"), ("qd_detr", "qd_detr"),
+                                          ("mesm", "mesm_qvhighlights"), ("tmass", None)])
+def test_fp16_autocast_forward_as_on_cuda(name, preset):
+    """CUDA's fp16 path, run through CPU fp16 autocast (not offered by Precision on CPU, but the same op
+    casts): no overflowing constants or mixed-dtype out= ops, and a loss close to fp32's."""
+    from c2f_lib.models.fine_batch import collate_moments
+    from c2f_lib.models.fine_losses import fine_loss
+    from c2f_lib.models.fine_presets import loss_preset
+
+    torch.manual_seed(0)
+    if name == "tmass":
+        model = TMASS(TMASSConfig(dim=D, num_frames=NF, support_weight=0.8)).train()
+        text, frames = torch.randn(6, D), torch.randn(6, NF, D)
+
+        def loss():
+            torch.manual_seed(1)                                                  # the same dropout masks
+            return model.training_loss(text, frames, generator=torch.Generator().manual_seed(0),
+                                       video_ids=torch.arange(6))[0]
+    else:
+        model = build_model(name, {**SMALL, **({} if name == "moment_detr" else {"dn_groups": 2})}).train()
+        batch = collate_moments(make_samples(6, ids=True))
+
+        def loss():
+            torch.manual_seed(1)
+            return fine_loss(model(batch), batch, loss_preset(preset))["total"]
+    fp32 = loss().item()
+    seen = _watch_dtypes(model)
+    with torch.autocast("cpu", dtype=torch.float16):
+        half = loss()
+    half.backward()
+    assert seen == {torch.float16}
+    assert torch.isfinite(half) and _close(half.item(), fp32), (half.item(), fp32)
