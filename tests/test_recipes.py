@@ -12,7 +12,7 @@ import torch
 from c2f_lib.features.released import load_released_moment_samples
 from c2f_lib.features.testing import (make_random_store, write_msrvtt_release, write_qvhighlights_release,
                                       write_released_tree)
-from c2f_lib.pipeline.recipes import RecipeError, load_recipe, recipe_configs, run_recipe
+from c2f_lib.pipeline.recipes import RecipeError, load_fine_splits, load_recipe, recipe_configs, run_recipe
 from conftest import REPO_ROOT
 
 RECIPES = sorted((REPO_ROOT / "configs" / "repro").glob("*.yaml"))
@@ -141,3 +141,47 @@ def test_msrvtt_tmass_recipe_end_to_end(tmp_path):
     assert summary["vs_published"]["tmass"]["t2v_R@1"]["published"] == 50.2
     ckpt = torch.load(run / "checkpoints" / "repro" / "msrvtt_tmass" / "tmass.pt", weights_only=False)
     assert ckpt["config"]["dim"] == 16 and ckpt["config"]["num_frames"] == 12
+
+
+def test_mesm_recipe_on_mesm_hdf5_files_with_held_out_train_videos(tmp_path):
+    """The Charades MESM recipe (HDF5 layout, no val split) pointed at a miniature QVHighlights-format tree."""
+    datasets = tmp_path / "datasets"
+    rows = write_qvhighlights_release(datasets / "qvhighlights", {"train": 8, "val": 3})
+    features = write_released_tree(tmp_path / "features", rows["train"] + rows["val"], layout="h5",
+                                   video_dims={"slowfast": 24, "clip": 16}, text_dir="clip_text")
+    summary = run_recipe(REPO_ROOT / "configs" / "repro" / "charades_sta_mesm.yaml", tmp_path / "run", "cpu",
+                         features, datasets,
+                         ["dataset=qvhighlights", "splits.eval=[val]", "splits.val.holdout_videos=2",
+                          "features.clip_len=2.0", "train.epochs=1", "train.batch_size=4",
+                          "models.mesm.config.hidden_dim=32", "models.mesm.config.n_heads=4",
+                          "models.mesm.config.ffn_dim=64"])
+    assert 0 <= summary["metrics"]["mesm"]["val"]["mIoU"] <= 100
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "repro" / "charades_sta_mesm" / "mesm.pt", weights_only=False)
+    assert ckpt["config"]["video_dim"] == 40 and len(ckpt["extra"]["summary"]["history"]) == 1
+    # 8 train videos x 2 queries: the last 2 videos (sorted ids) are held out for checkpoint selection
+    recipe = load_recipe(REPO_ROOT / "configs" / "repro" / "charades_sta_mesm.yaml",
+                         ["dataset=qvhighlights", "splits.eval=[val]", "splits.val.holdout_videos=2",
+                          "features.clip_len=2.0"])
+    fit, select, evals = load_fine_splits(recipe, tmp_path / "run", features)
+    train_vids = sorted({r["vid"] for r in rows["train"]})
+    assert {s.vid for s in select} == set(train_vids[-2:]) and len(select) == 4
+    assert {s.vid for s in fit} == set(train_vids[:-2]) and len(fit) == 12
+    assert list(evals) == ["val"] and {s.vid for s in evals["val"]} == {r["vid"] for r in rows["val"]}
+    with pytest.raises(RecipeError, match="holdout_videos"):
+        run_recipe(REPO_ROOT / "configs" / "repro" / "charades_sta_mesm.yaml", tmp_path / "run", "cpu", features,
+                   datasets, ["dataset=qvhighlights", "splits.eval=[val]", "splits.val.holdout_videos=8"])
+
+
+def test_textdiff_recipe_end_to_end(tmp_path):
+    datasets = tmp_path / "datasets"
+    captions = write_msrvtt_release(datasets / "msrvtt", n_train=12, n_test=5)
+    features = tmp_path / "features"
+    features.mkdir()
+    make_random_store(features / "msrvtt__ViT-B-32.h5", captions_records=captions, dim=16, num_frames=12)
+    summary = run_recipe(REPO_ROOT / "configs" / "repro" / "msrvtt_textdiff.yaml", tmp_path / "run", "cpu", features,
+                         datasets, ["train.epochs=1", "train.batch_size=8", "splits.val.holdout_videos=3",
+                                    "models.textdiff.config.width=16", "models.textdiff.config.ffn=32",
+                                    "models.textdiff.config.cond_dim=8", "models.textdiff.config.num_steps=2",
+                                    "models.textdiff.phases.teacher.epochs=1", "eval.chunk_size=4"])
+    assert 0 <= summary["metrics"]["textdiff"]["test"]["t2v_R@1"] <= 100
+    assert (tmp_path / "run" / "checkpoints" / "repro" / "msrvtt_textdiff" / "textdiff" / "textdiff.pt").exists()

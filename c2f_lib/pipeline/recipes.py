@@ -159,7 +159,9 @@ def _feature_path(root: Path, name: str) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def load_fine_splits(recipe: dict, run_dir: Path, features_root: Path) -> dict[str, list]:
+def load_fine_splits(recipe: dict, run_dir: Path, features_root: Path) -> tuple[list, list, dict[str, list]]:
+    """(training samples, selection samples, {eval split: samples}) from the released features.
+    `splits.val` is a split name, or `{holdout_videos: N}`: the last N train videos (sorted ids) select."""
     from c2f_lib.features.released import ReleasedConfig, load_released_moment_samples
     from c2f_lib.paths import RunPaths
 
@@ -170,21 +172,17 @@ def load_fine_splits(recipe: dict, run_dir: Path, features_root: Path) -> dict[s
     videos = [_feature_path(features_root, v) for v in feats["video"]]
     text = _feature_path(features_root, feats["text"])
     paths = RunPaths(run_dir)
-    out = {split: load_released_moment_samples(paths.moments_file(recipe["dataset"], split), videos, text, cfg)[0]
-           for split in _splits(recipe)}
+    loaded = {split: load_released_moment_samples(paths.moments_file(recipe["dataset"], split), videos, text, cfg)[0]
+              for split in _splits(recipe)}
     splits = recipe["splits"]
+    fit = loaded[splits["train"]]
     if isinstance(splits["val"], str):
-        out["val"] = out[splits["val"]]
-    else:     # no validation split (Charades-STA, Charades-CG): hold out the last N train videos
-        train = out[splits["train"]]
-        vids = sorted({s.vid for s in train})
-        held = _holdout(splits["val"], len(vids))
-        kept = set(vids[-held:])
-        out["val"] = [s for s in train if s.vid in kept]
-        out["train"] = [s for s in train if s.vid not in kept]
-    if splits["train"] != "train":
-        out.setdefault("train", out[splits["train"]])
-    return out
+        select = loaded[splits["val"]]
+    else:     # no validation split (Charades-STA): hold out the last N train videos
+        vids = sorted({s.vid for s in fit})
+        kept = set(vids[-_holdout(splits["val"], len(vids)):])
+        fit, select = [s for s in fit if s.vid not in kept], [s for s in fit if s.vid in kept]
+    return fit, select, {name: loaded[name] for name in splits["eval"]}
 
 
 def _holdout(spec: dict, n_videos: int) -> int:
@@ -209,9 +207,9 @@ def _subset(split, video_ids: list[str]):
                        split.text_emb[texts], remap[split.text_to_video[texts]])
 
 
-def load_coarse_splits(recipe: dict, run_dir: Path, features_root: Path) -> dict[str, Any]:
-    """{"train", "val", eval splits...}: CoarseSplits of the store. `splits.val` is a split name, or
-    `{holdout_videos: N}`: the last N train videos (sorted ids) are held out for checkpoint selection."""
+def load_coarse_splits(recipe: dict, run_dir: Path, features_root: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(training split, selection split, {eval split: split}): CoarseSplits of the store; `splits.val` as in
+    `load_fine_splits` (held-out videos take their captions with them)."""
     from c2f_lib.features.store_bundles import load_coarse_split
     from c2f_lib.paths import RunPaths
 
@@ -219,17 +217,14 @@ def load_coarse_splits(recipe: dict, run_dir: Path, features_root: Path) -> dict
     store = _feature_path(features_root, recipe["features"]["store"])
     loaded = {s: load_coarse_split(store, paths.captions_file(dataset, s)) for s in _splits(recipe)}
     splits = recipe["splits"]
-    out = {"train": loaded[splits["train"]]}
+    fit = loaded[splits["train"]]
     if isinstance(splits["val"], str):
-        out["val"] = loaded[splits["val"]]
+        select = loaded[splits["val"]]
     else:
-        vids = sorted(out["train"].video_ids)
+        vids = sorted(fit.video_ids)
         held = _holdout(splits["val"], len(vids))
-        out["val"] = _subset(out["train"], vids[-held:])
-        out["train"] = _subset(out["train"], vids[:-held])
-    for name in splits["eval"]:
-        out[name] = loaded[name]
-    return out
+        fit, select = _subset(fit, vids[:-held]), _subset(fit, vids[-held:])
+    return fit, select, {name: loaded[name] for name in splits["eval"]}
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -258,26 +253,26 @@ def run_recipe(path: str | Path, run_dir: str | Path, device: str = "auto", feat
     if recipe["stage"] == "fine":
         from c2f_lib.training.fine import evaluate_model, train_or_load
 
-        splits = load_fine_splits(recipe, run_dir, features_root)
-        first = splits["train"][0]
+        fit, select, evals = load_fine_splits(recipe, run_dir, features_root)
+        first = fit[0]
         dims = {"video_dim": int(first.clip_feats.shape[1]), "text_dim": int(first.token_feats.shape[1])}
         for name, (registry, config, train_cfg) in recipe_configs(recipe, device, dims).items():
-            model, _ = train_or_load(registry, config, splits["train"], splits["val"], train_cfg,
-                                     ckpts / f"{name}.pt")
-            results[name] = {s: evaluate_model(model, splits[s])[0] for s in recipe["splits"]["eval"]}
+            model, _ = train_or_load(registry, config, fit, select, train_cfg, ckpts / f"{name}.pt")
+            results[name] = {s: evaluate_model(model, samples)[0] for s, samples in evals.items()}
     else:
         from c2f_lib.evaluation.retrieval import evaluate_retrieval
 
-        splits = load_coarse_splits(recipe, run_dir, features_root)
-        frames = splits["train"].frames                                              # [V, F, D]
+        fit, select, evals = load_coarse_splits(recipe, run_dir, features_root)
+        frames = fit.frames                                              # [V, F, D]
         dims = {"dim": int(frames.shape[2]), "num_frames": int(frames.shape[1])}
         for name, (registry, config, train_cfg) in recipe_configs(recipe, device, dims).items():
-            model = _train_coarse_model(registry, config, train_cfg, splits, ckpts / name)
+            model = _train_coarse_model(registry, config, train_cfg, fit, select, ckpts / name)
             chunk = recipe.get("eval", {}).get("chunk_size", 16)
+            on_model = next(model.parameters()).device                  # the models score where their inputs are
             results[name] = {s: {f"{protocol}/{k}" if protocol != "correct" else k: v
                                  for protocol in recipe.get("eval", {}).get("protocols", ["correct"])
-                                 for k, v in evaluate_retrieval(model, splits[s], protocol, chunk).items()}
-                             for s in recipe["splits"]["eval"]}
+                                 for k, v in evaluate_retrieval(model, _to(split, on_model), protocol, chunk).items()}
+                             for s, split in evals.items()}
     summary = {"recipe": recipe["recipe"], "dataset": recipe["dataset"], "device": device,
                "metrics": results,
                "vs_published": {n: _compare(results[n], t) for n, t in recipe["targets"].items()},
@@ -287,16 +282,23 @@ def run_recipe(path: str | Path, run_dir: str | Path, device: str = "auto", feat
     return summary
 
 
-def _train_coarse_model(registry: str, config, train_cfg, splits: dict, ckpt: Path):
+def _to(split, device):
+    from c2f_lib.features.types import CoarseSplit
+
+    # text_to_video stays on the CPU: the reference protocol indexes CPU results with it
+    return CoarseSplit(split.video_ids, split.frames.to(device), split.texts, split.text_emb.to(device),
+                       split.text_to_video)
+
+
+def _train_coarse_model(registry: str, config, train_cfg, fit, select, ckpt: Path):
     if registry == "textdiff":
         from c2f_lib.training.textdiff import train_textdiff
 
-        model, _ = train_textdiff(splits["train"], splits["val"], config, ckpt)
+        model, _ = train_textdiff(fit, select, config, ckpt)
         return model
     from c2f_lib.training.coarse import train_or_load_coarse
 
-    model, _ = train_or_load_coarse(registry, config, splits["train"], splits["val"], train_cfg,
-                                    ckpt.with_suffix(".pt"))
+    model, _ = train_or_load_coarse(registry, config, fit, select, train_cfg, ckpt.with_suffix(".pt"))
     return model
 
 
