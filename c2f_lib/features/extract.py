@@ -10,6 +10,7 @@ folder of the user's videos).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -130,6 +131,8 @@ def coarse_frames(backbone: Backbone, video: SampledVideo, clips: torch.Tensor, 
 
 def autocast(backbone: Backbone, cfg: ExtractConfig):
     """The autocast context `cfg.amp` asks for on the backbone's device (a no-op for amp False)."""
+    if cfg.amp in (False, "off"):
+        return contextlib.nullcontext()         # duck-typed backbones need no device for that
     return Precision.of(cfg.amp, getattr(backbone, "device", "cpu")).autocast()
 
 
