@@ -159,8 +159,9 @@ def check_recipes(device: str, quick: bool, work: Path) -> dict:
     out = {}
     datasets = work / "datasets"
     rows = write_qvhighlights_release(datasets / "qvhighlights", {"train": 16 if quick else 64, "val": 8})
-    feats = write_released_tree(work / "qvh_features", rows["train"] + rows["val"],
-                                video_dims={"slowfast_features": 2304, "clip_features": 512}, text_dim=512)
+    sizes = {"slowfast_features": 24, "clip_features": 16} if quick else {"slowfast_features": 2304, "clip_features": 512}
+    feats = write_released_tree(work / "qvh_features", rows["train"] + rows["val"], video_dims=sizes,
+                                text_dim=16 if quick else 512)
     fine = ["train.epochs=1"] + (["models.qd_detr.config.hidden_dim=32", "models.qd_detr.config.n_heads=4",
                                   "models.qd_detr.config.ffn_dim=64"] if quick else [])
     start = time.perf_counter()
@@ -169,7 +170,8 @@ def check_recipes(device: str, quick: bool, work: Path) -> dict:
                                           "val": summary["metrics"]["qd_detr"]["val"]["MR-full-R1@0.5"]}
     captions = write_msrvtt_release(datasets / "msrvtt", n_train=40 if quick else 400, n_test=20 if quick else 200)
     (work / "msr").mkdir(exist_ok=True)
-    make_random_store(work / "msr" / "msrvtt__ViT-B-32.h5", captions_records=captions, dim=512, num_frames=12)
+    make_random_store(work / "msr" / "msrvtt__ViT-B-32.h5", captions_records=captions, dim=16 if quick else 512,
+                      num_frames=12)
     start = time.perf_counter()
     summary = run_recipe(repo / "configs/repro/msrvtt_tmass.yaml", work / "run_msr", device, work / "msr", datasets,
                          ["train.epochs=1", "splits.val.holdout_videos=10"] + (["models.tmass.config.num_trials=2"]
