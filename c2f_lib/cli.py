@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                           "outputs, report"),
     "features": ("c2f_lib.features.cli", "extract video/text features into a feature store"),
     "data": ("c2f_lib.data.cli", "list datasets and show their statistics"),
+    "repro": ("c2f_lib.pipeline.recipes", "train and evaluate a paper's setting on a real benchmark "
+                                          "(configs/repro/*.yaml)"),
     "eval-moments": ("c2f_lib.evaluation.moments_cli", "evaluate moment predictions (QVHighlights format)"),
     "index": ("c2f_lib.pipeline.search_cli", "index a folder of your own videos"),
     "search": ("c2f_lib.pipeline.search_cli", "search an indexed folder with a text query"),

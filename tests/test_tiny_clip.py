@@ -135,3 +135,67 @@ def test_tiny_clip_learns_synthmoments(tmp_path):
         clips = {s.vid: torch.from_numpy(store.clips(s.vid)).float() for s in samples}
         sentences = torch.stack([torch.from_numpy(store.sentence(s.query)).float() for s in samples])
     assert grounding_auc(samples, sentences, clips) > 70
+
+
+def test_extract_under_bf16_autocast_is_close_to_fp32(dataset, tmp_path):
+    import torch
+
+    backbone = load_tiny_clip(dataset, TINY, cache_dir=tmp_path)
+    seen = set()
+    for module in backbone.model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)):
+            module.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype) and None)
+    stores = {}
+    for amp in (False, "bf16"):
+        seen.clear()
+        stores[amp] = tmp_path / f"feats_{amp}.h5"
+        extract_dataset(dataset, backbone, stores[amp], ExtractConfig(num_frames=4, clip_len=2.0, frames_per_clip=2,
+                                                                      amp=amp))
+        assert torch.bfloat16 in seen if amp else seen == {torch.float32}
+    with FeatureStore(stores[False]) as fp32, FeatureStore(stores["bf16"]) as bf16:
+        for vid in ("v0", "v1", "v2"):
+            a, b = torch.as_tensor(fp32.clips(vid)).float(), torch.as_tensor(bf16.clips(vid)).float()
+            assert a.shape == b.shape and torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.99
+            assert not torch.equal(a, b)     # bf16 did run: the features are close, not identical
+        a, b = (torch.as_tensor(s.sentence("event 0 happens")).float() for s in (fp32, bf16))
+        assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
+
+
+def test_sharded_extraction_resumes_and_merges_into_the_unsharded_store(dataset, tmp_path, capsys):
+    from c2f_lib.cli import main as c2f
+    from c2f_lib.features.extract import dataset_annotations, merge_shards, shard_path
+
+    ckpt = checkpoint_path(dataset, TINY, tmp_path)
+    load_tiny_clip(dataset, TINY, cache_dir=tmp_path)
+    out = tmp_path / "s.h5"
+    base = ["features", "--dataset-dir", str(dataset), "--backbone", f"tinyclip:{ckpt}", "--out", str(out),
+            "--device", "cpu", "--frames-per-clip", "2", "--num-frames", "4"]
+    assert c2f(base) == 0                                                   # the unsharded reference
+    whole = tmp_path / "whole.h5"
+    out.rename(whole)
+    assert c2f(base + ["--shard", "0/2"]) == 0
+    with pytest.raises(FileNotFoundError, match=r"shard1of2.h5: shard missing"):
+        merge_shards(dataset, out, 2)
+    assert c2f(base + ["--shard", "1/2"]) == 0
+    capsys.readouterr()
+    assert c2f(base + ["--shard", "1/2"]) == 0                              # resumed: nothing left to do
+    assert "(0 new)" in capsys.readouterr().out
+    vids, texts = dataset_annotations(dataset)
+    with FeatureStore(shard_path(out, 0, 2)) as zero, FeatureStore(shard_path(out, 1, 2)) as one:
+        assert not set(zero.video_ids()) & set(one.video_ids())           # each video in one shard only
+        assert set(zero.video_ids()) | set(one.video_ids()) == set(vids) - {"broken"}
+    assert c2f(base + ["--merge", "2"]) == 0
+    assert set(read_failures(out)) == {"broken"}
+    with FeatureStore(whole) as ref, FeatureStore(out) as merged:
+        assert merged.video_ids() == ref.video_ids() and merged.meta == ref.meta
+        for vid in ref.video_ids():
+            np.testing.assert_array_equal(merged.clips(vid), ref.clips(vid))
+            np.testing.assert_array_equal(merged.frame_indices(vid), ref.frame_indices(vid))
+            assert merged.video_attrs(vid)["duration"] == ref.video_attrs(vid)["duration"]
+        for text in texts:
+            np.testing.assert_array_equal(merged.sentence(text), ref.sentence(text))
+            np.testing.assert_array_equal(merged.tokens(text), ref.tokens(text))
+            np.testing.assert_array_equal(merged.token_ids(text), ref.token_ids(text))
+    with pytest.raises(SystemExit) as usage:                                # I must be < N
+        c2f(base + ["--shard", "2/2"])
+    assert usage.value.code == 2 and "expected I/N" in capsys.readouterr().err

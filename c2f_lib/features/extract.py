@@ -10,6 +10,7 @@ folder of the user's videos).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -24,6 +25,7 @@ from c2f_lib.features.motion import MotionConfig, motion_features
 from c2f_lib.features.store import StoreMeta, failures_path, read_failures
 from c2f_lib.features.store_writer import FeatureStoreWriter
 from c2f_lib.progress import progress
+from c2f_lib.amp import Precision, check_amp
 from c2f_lib.utils import atomic_write_json
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
@@ -38,8 +40,10 @@ class ExtractConfig:
     backend: str = "auto"         # decord, pyav, or auto (decord, then PyAV)
     num_workers: int = 0          # decoding processes (0 = in this process)
     text_batch: int = 256
+    amp: bool | str = False       # autocast of the backbone, as c2f_lib/amp.py ("auto": fp16 CUDA, bf16 CPU)
 
     def __post_init__(self) -> None:
+        check_amp(self.amp)
         if self.motion is not None and self.frames_per_clip < 2:
             raise ValueError(f"motion features need frames_per_clip >= 2, got {self.frames_per_clip}")
 
@@ -125,6 +129,13 @@ def coarse_frames(backbone: Backbone, video: SampledVideo, clips: torch.Tensor, 
     return clips[picks], video.clip_indices[picks, video.clip_indices.shape[1] // 2]
 
 
+def autocast(backbone: Backbone, cfg: ExtractConfig):
+    """The autocast context `cfg.amp` asks for on the backbone's device (a no-op for amp False)."""
+    if cfg.amp in (False, "off"):
+        return contextlib.nullcontext()         # duck-typed backbones need no device for that
+    return Precision.of(cfg.amp, getattr(backbone, "device", "cpu")).autocast()
+
+
 def extract_videos(writer: FeatureStoreWriter, backbone: Backbone, sources: Path | Mapping[str, Path],
                    vids: list[str], cfg: ExtractConfig, failures: dict[str, str]) -> int:
     """Encode and write the frame and clip features of every vid not yet in the store.
@@ -140,8 +151,10 @@ def extract_videos(writer: FeatureStoreWriter, backbone: Backbone, sources: Path
         if isinstance(video, str):
             failures[vid] = video
             continue
-        clips, motion = encode_clips(backbone, video.clip_frames, cfg.motion)           # [L, D], [L, M]
-        frames, frame_indices = coarse_frames(backbone, video, clips, cfg.num_frames)   # [N, D], [N]
+        with autocast(backbone, cfg):
+            clips, motion = encode_clips(backbone, video.clip_frames, cfg.motion)       # [L, D], [L, M]
+            frames, frame_indices = coarse_frames(backbone, video, clips, cfg.num_frames)   # [N, D], [N]
+        clips, frames = clips.float(), frames.float()
         writer.put_video(vid, frames=frames, frame_indices=frame_indices, clips=clips, motion=motion, clip_len=cfg.clip_len, duration=video.duration,
                          fps=video.fps, source=source)
         failures.pop(vid, None)
@@ -149,14 +162,34 @@ def extract_videos(writer: FeatureStoreWriter, backbone: Backbone, sources: Path
     return encoded
 
 
+def shard_path(out: str | Path, index: int, count: int) -> Path:
+    """Where shard `index` of `count` is written: STORE.h5 -> STORE.shard<index>of<count>.h5."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.shard{index}of{count}{out.suffix}")
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
+    return index, count
+
+
 def extract_dataset(dataset_dir: str | Path, backbone: Backbone, out: str | Path,
                     cfg: ExtractConfig | None = None, splits: list[str] | None = None,
-                    video_dir: str | Path | None = None) -> dict:
-    """Fill `out` with every video and text of the dataset; returns counts and the failures."""
+                    video_dir: str | Path | None = None, shard: tuple[int, int] | None = None) -> dict:
+    """Fill `out` with every video and text of the dataset; returns counts and the failures.
+
+    `shard` (index, count): only every count-th video and text, starting at index (in annotation order),
+    so `count` processes or machines can share the work; each writes its own store (`shard_path`),
+    resumable like any store, and `merge_shards` joins them."""
     cfg = cfg or ExtractConfig()
     dataset_dir, out = Path(dataset_dir), Path(out)
     video_dir = Path(video_dir) if video_dir else dataset_dir / "videos"
     vids, texts = dataset_annotations(dataset_dir, splits)
+    if shard is not None:
+        index, count = check_shard(shard)
+        vids, texts = vids[index::count], texts[index::count]
     failures = read_failures(out)
     summary = {"videos": len(vids), "texts": len(texts), "encoded_videos": 0, "encoded_texts": 0}
     with FeatureStoreWriter(out, store_meta(backbone, cfg)) as writer:
@@ -167,11 +200,79 @@ def extract_dataset(dataset_dir: str | Path, backbone: Backbone, out: str | Path
         batches = range(0, len(todo_texts), cfg.text_batch)
         for start in progress(batches, desc="text features", unit="batch"):
             batch = todo_texts[start:start + cfg.text_batch]
-            sentences, tokens, mask, ids = backbone.encode_texts(batch)  # [T, D], [T, Lq, Dt], [T, Lq] x2
+            with autocast(backbone, cfg):
+                sentences, tokens, mask, ids = backbone.encode_texts(batch)  # [T, D], [T, Lq, Dt], [T, Lq] x2
             writer.put_texts(batch, sentences=sentences,
                              tokens=[token[valid] for token, valid in zip(tokens, mask)],
                              token_ids=[row[valid] for row, valid in zip(ids, mask)])
             summary["encoded_texts"] += len(batch)
+    atomic_write_json(failures_path(out), [{"vid": v, "reason": r} for v, r in sorted(failures.items())])
+    summary["failures"] = failures
+    return summary
+
+
+def merge_shards(dataset_dir: str | Path, out: str | Path, count: int, splits: list[str] | None = None,
+                 text_batch: int = 256) -> dict:
+    """Join the `count` finished shard stores of `out` (`shard_path(out, i, count)`) into `out`.
+
+    The shards must agree on their settings and together hold every video of the dataset (or record
+    it as failed) and every text; a missing or unfinished shard is an error naming it. Failures are
+    merged. Rerunning adds only what `out` lacks. Returns counts and the failures."""
+    from c2f_lib.features.store import FeatureStore, StoreError
+
+    out = Path(out)
+    vids, texts = dataset_annotations(dataset_dir, splits)
+    shards = [shard_path(out, i, count) for i in range(count)]
+    for path in shards:
+        if not path.exists():
+            unfinished = path.with_name(path.name + ".partial").exists()
+            state = "not finished (a .partial file is there)" if unfinished else "missing"
+            raise FileNotFoundError(f"{path}: shard {state}; run `c2f features ... --shard "
+                                    f"{shards.index(path)}/{count}` (it resumes)")
+    stores = [FeatureStore(p) for p in shards]
+    try:
+        meta = stores[0].meta
+        for store in stores[1:]:
+            problems = store.meta.mismatches(meta)
+            if problems:
+                raise StoreError(f"{store.path}: built with other settings than {shards[0]} "
+                                 f"({'; '.join(problems)})")
+        failures: dict[str, str] = {}
+        for path in shards:
+            failures.update(read_failures(path))
+        owner = {vid: store for store in stores for vid in store.video_ids()}
+        missing = [v for v in vids if v not in owner and v not in failures]
+        absent_texts = [t for t in texts if not any(s.has_text(t) for s in stores)]
+        if missing or absent_texts:
+            first = f"video {missing[0]!r}" if missing else f"text {absent_texts[0]!r}"
+            raise StoreError(f"{out}: the {count} shards lack {len(missing)} videos and {len(absent_texts)} texts "
+                             f"(first: {first}); were they extracted from this dataset with the same --splits?")
+        summary = {"videos": len(vids), "texts": len(texts), "merged_videos": 0, "merged_texts": 0}
+        with FeatureStoreWriter(out, meta) as writer:
+            for vid in vids:
+                store = owner.get(vid)
+                if store is None or writer.has_video(vid):
+                    continue
+                attrs = store.video_attrs(vid)
+                writer.put_video(vid, frames=store.frames(vid), frame_indices=store.frame_indices(vid),
+                                 clips=store.clips(vid), motion=store.motion(vid) if meta.motion else None,
+                                 clip_len=meta.clip_len, duration=attrs.get("duration"), fps=attrs.get("fps"),
+                                 source=str(attrs.get("source", "")))
+                failures.pop(vid, None)
+                summary["merged_videos"] += 1
+            todo = [t for t in texts if not writer.has_text(t, with_token_ids=True)]
+            for start in range(0, len(todo), text_batch):
+                batch = todo[start:start + text_batch]
+                rows = [next(s for s in stores if s.has_text(t)) for t in batch]
+                ids = [store.token_ids(t) for store, t in zip(rows, batch)]
+                with_ids = all(i is not None for i in ids)
+                writer.put_texts(batch, sentences=np.stack([s.sentence(t) for s, t in zip(rows, batch)]),
+                                 tokens=[s.tokens(t) for s, t in zip(rows, batch)],
+                                 token_ids=ids if with_ids else None)
+                summary["merged_texts"] += len(batch)
+    finally:
+        for store in stores:
+            store.close()
     atomic_write_json(failures_path(out), [{"vid": v, "reason": r} for v, r in sorted(failures.items())])
     summary["failures"] = failures
     return summary

@@ -6,6 +6,7 @@ and that query's tokens share a random "query vector".
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -146,3 +147,104 @@ def tiny_open_clip(device: str = "cpu", **overrides: Any):
     with quiet_open_clip():
         model = open_clip.create_model(TINY_OPEN_CLIP, pretrained=None, **overrides)
     return OpenClipBackbone(TINY_OPEN_CLIP, None, device=device, model=model, name=TINY_OPEN_CLIP)
+
+
+# ----------------------------------------------------------------------------- miniature released trees
+def write_released_tree(root: str | Path, moments: Iterable[Any], video_dims: dict[str, int] | None = None,
+                        text_dir: str = "clip_text_features", text_dim: int = 16, clip_len: float = 2.0,
+                        layout: str = "npz", seed: int = 0) -> Path:
+    """A miniature copy of a released fine-stage feature tree for `moments` (MomentQuery or dicts):
+
+    * layout "npz" (Moment-DETR / QD-DETR): `<root>/<source>/<vid>.npz` {"features": [L, D]} per video
+      source and `<root>/<text_dir>/qid<qid>.npz` {"last_hidden_state": [Lq, Dt]};
+    * layout "h5" (MESM, data/npy2hdf5.py): `<root>/<source>.hdf5` with one dataset per vid, and
+      `<root>/<text_dir>.hdf5` with one per `qid<qid>`.
+
+    Clips inside a query's windows share a direction with its tokens, so a model can learn from it. The
+    sources' lengths differ by one clip, as CLIP and SlowFast do in the real release."""
+    import h5py
+
+    root = Path(root)
+    video_dims = video_dims or {"slowfast_features": 24, "clip_features": 16}
+    records = [r if isinstance(r, MomentQuery) else parse_moment(r) for r in moments]
+    rng = np.random.default_rng(seed)
+    durations: dict[str, float] = {}
+    for r in records:
+        durations[r.vid] = max(durations.get(r.vid, 0.0), r.duration)
+    videos = {name: {} for name in video_dims}
+    for k, (vid, duration) in enumerate(sorted(durations.items())):
+        clips = max(2, math.ceil(duration / clip_len))
+        for j, (name, dim) in enumerate(video_dims.items()):
+            videos[name][vid] = rng.standard_normal((clips + (j % 2), dim)).astype(np.float32)
+    texts = {}
+    for r in records:
+        direction = rng.standard_normal(max([text_dim, *video_dims.values()]))
+        for name, dim in video_dims.items():
+            for start, end in r.relevant_windows:
+                videos[name][r.vid][int(start // clip_len):math.ceil(end / clip_len)] += 2 * direction[:dim]
+        tokens = direction[:text_dim] + 0.5 * rng.standard_normal((int(rng.integers(3, 8)), text_dim))
+        texts[f"qid{r.qid}"] = tokens.astype(np.float32)
+    if layout == "npz":
+        for name, by_vid in videos.items():
+            (root / name).mkdir(parents=True, exist_ok=True)
+            for vid, feats in by_vid.items():
+                np.savez(root / name / f"{vid}.npz", features=feats)
+        (root / text_dir).mkdir(parents=True, exist_ok=True)
+        for stem, tokens in texts.items():
+            np.savez(root / text_dir / f"{stem}.npz", last_hidden_state=tokens)
+    elif layout == "h5":
+        root.mkdir(parents=True, exist_ok=True)
+        for name, by_vid in [*videos.items(), (text_dir, texts)]:
+            with h5py.File(root / f"{name}.hdf5", "w") as f:
+                for key, array in by_vid.items():
+                    f.create_dataset(key, data=array)
+    else:
+        raise ValueError(f"layout must be npz or h5, got {layout!r}")
+    return root
+
+
+def write_qvhighlights_release(folder: str | Path, splits: dict[str, int], queries_per_video: int = 2,
+                               duration: float = 30.0, seed: int = 0) -> dict[str, list[dict]]:
+    """`<folder>/highlight_<split>_release.jsonl` in the QVHighlights format (windows on the 2-s grid,
+    clip ids, three saliency raters) for `splits` = {split: number of videos}; returns the rows."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out, qid = {}, 0
+    for split, n_videos in splits.items():
+        rows = []
+        for v in range(n_videos):
+            vid = f"{split}vid{v:03d}_60.0_90.0"
+            for _ in range(queries_per_video):
+                start = 2 * int(rng.integers(0, int(duration // 2) - 4))
+                end = start + 2 * int(rng.integers(2, 5))
+                clip_ids = list(range(start // 2, end // 2))
+                rows.append({"qid": qid, "query": f"query {qid} about video {v}", "duration": duration, "vid": vid,
+                             "relevant_windows": [[start, end]], "relevant_clip_ids": clip_ids,
+                             "saliency_scores": [[int(x) for x in rng.integers(1, 5, 3)] for _ in clip_ids]})
+                qid += 1
+        (folder / f"highlight_{split}_release.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out[split] = rows
+    return out
+
+
+def write_msrvtt_release(folder: str | Path, n_train: int = 16, n_test: int = 6, captions_per_video: int = 3
+                         ) -> list[VideoCaptions]:
+    """MSR-VTT annotation files in their release layout (MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv,
+    MSRVTT_data.json) for `n_train` + `n_test` videos; returns every video's captions."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    train = [f"video{i}" for i in range(n_train)]
+    test = [f"video{n_train + i}" for i in range(n_test)]
+    (folder / "MSRVTT_train.9k.csv").write_text("video_id\n" + "".join(f"{v}\n" for v in train))
+    (folder / "MSRVTT_JSFUSION_test.csv").write_text(
+        "key,vid_key,video_id,sentence\n" + "".join(f"ret{i},msr{v[5:]},{v},a test clip of {v}\n"
+                                                    for i, v in enumerate(test)))
+    sentences = [{"video_id": v, "caption": f"caption {c} of {v}", "sen_id": i * captions_per_video + c}
+                 for i, v in enumerate(train) for c in range(captions_per_video)]
+    data = {"videos": [{"video_id": v, "start time": 0.0, "end time": 10.0} for v in train + test],
+            "sentences": sentences}
+    (folder / "MSRVTT_data.json").write_text(json.dumps(data))
+    return ([VideoCaptions(vid=v, captions=[f"caption {c} of {v}" for c in range(captions_per_video)], duration=10.0)
+             for v in train]
+            + [VideoCaptions(vid=v, captions=[f"a test clip of {v}"], duration=10.0) for v in test])

@@ -144,8 +144,10 @@ class FramePooler(nn.Module):
 
 def _bmm_text_major(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """weights [V, T, K] @ values [V, K, E] -> [T, V, E], written text-major without a transpose copy
-    when no gradient is needed (bmm into a strided output)."""
-    if torch.is_grad_enabled() and (weights.requires_grad or values.requires_grad):
+    when no gradient is needed (bmm into a strided output). Under autocast (mixed dtypes; out= ops are
+    not autocast) the plain bmm is used."""
+    if (torch.is_grad_enabled() and (weights.requires_grad or values.requires_grad)) \
+            or weights.dtype != values.dtype or torch.is_autocast_enabled(weights.device.type):
         return torch.bmm(weights, values).transpose(0, 1)
     out = weights.new_empty(weights.shape[1], weights.shape[0], values.shape[-1])
     torch.bmm(weights, values, out=out.transpose(0, 1))

@@ -39,6 +39,7 @@ from c2f_lib.models.registry import save_model
 from c2f_lib.models.xpool import LOGIT_SCALE_MAX, eval_mode
 from c2f_lib.progress import progress
 from c2f_lib.distributed import is_distributed, local_slice, mean_over_ranks, rank_and_world
+from c2f_lib.amp import Precision, check_amp
 from c2f_lib.training.schedule import make_optimizer, make_scheduler
 from c2f_lib.utils import atomic_path, provenance, resolve_device
 
@@ -59,8 +60,11 @@ class CoarseTrainConfig:
     eval_protocol: str = "correct"
     seed: int = 24
     device: str = "cpu"
-    amp: bool = False               # CUDA only: fp16 autocast + GradScaler
+    amp: bool | str = False         # True: fp16 + GradScaler on CUDA only; "auto": also bf16 on CPU (c2f_lib/amp.py)
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_amp(self.amp)
 
 
 @dataclass
@@ -189,8 +193,8 @@ def train_coarse(model: nn.Module, train: Split, val: Split, cfg: CoarseTrainCon
     steps_per_epoch = math.ceil(n_pairs / cfg.batch_size)
     optimizer = make_optimizer(model, cfg.lr, cfg.clip_lr, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    precision = Precision.of(cfg.amp, device)
+    scaler = precision.scaler()
 
     history: list[dict[str, float]] = []
     best = {"epoch": -1, "metrics": {}, "value": -math.inf}
@@ -226,15 +230,11 @@ def train_coarse(model: nn.Module, train: Split, val: Split, cfg: CoarseTrainCon
             local = index[local_slice(len(index))]
             ids = text_to_video[local]
             noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            with precision.autocast():
                 loss, logs = runner(texts[local].to(device), frames[ids].to(device),
                                     generator=noise, video_ids=ids.to(device))
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            precision.step(loss, optimizer, scaler, model.parameters(), cfg.grad_clip)
             scheduler.step()
             _clamp_logit_scale(model, cfg.logit_scale_max)
             losses.append(mean_over_ranks(logs["loss"]))

@@ -1,7 +1,8 @@
 """Training loop of the fine grounding models (Moment-DETR, QD-DETR, MESM).
 
 AdamW with gradient clipping, checkpoint selection on the *validation* split (never test), resume
-from `last.pt`, deterministic under a seed, autocast on GPU (plain fp32 on CPU), and data-parallel
+from `last.pt`, deterministic under a seed, mixed precision per `amp` (c2f_lib/amp.py: fp16 + GradScaler
+on CUDA, bf16 on CPU when asked), and data-parallel
 under torchrun: every rank processes its slice of each global batch and DDP averages gradients.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from c2f_lib.models.fine_presets import loss_preset
 from c2f_lib.models.mesm import MESMConfig, build_word_vocab
 from c2f_lib.models.registry import load_model, save_model
 from c2f_lib.progress import progress
+from c2f_lib.amp import Precision, check_amp
 from c2f_lib.distributed import init_from_env, local_slice, mean_over_ranks, rank_and_world
 from c2f_lib.utils import atomic_path, atomic_write_json, resolve_device, seed_everything
 
@@ -42,9 +44,10 @@ class FineTrainConfig:
     eval_every: int = 1
     seed: int = 0
     device: str = "auto"
-    amp: bool = True                            # autocast (bf16) on GPU only
+    amp: bool | str = True                      # True: fp16 + GradScaler on CUDA only; "auto": + bf16 on CPU
 
     def __post_init__(self) -> None:
+        check_amp(self.amp)
         if self.select_metric not in SELECT_METRICS:
             raise ValueError(f"select_metric must be one of {SELECT_METRICS}, got {self.select_metric!r}")
 
@@ -67,9 +70,9 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     return [order[i:i + batch_size] for i in range(0, n, batch_size) if len(order[i:i + batch_size]) > 1]
 
 
-def _state(model: nn.Module, optimizer, epoch: int, best: dict, history: list) -> dict:
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-            "best": best, "history": history, "torch_rng": torch.get_rng_state()}
+def _state(model: nn.Module, optimizer, scaler, epoch: int, best: dict, history: list) -> dict:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "epoch": epoch, "best": best, "history": history, "torch_rng": torch.get_rng_state()}
 
 
 def train_fine(model: nn.Module, train_samples: list[MomentSample], val_samples: list[MomentSample],
@@ -88,17 +91,20 @@ def train_fine(model: nn.Module, train_samples: list[MomentSample], val_samples:
     weights = loss_preset(cfg.loss_preset)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    precision = Precision.of(cfg.amp, device)
+    scaler = precision.scaler()
     start, best, history = 0, {"epoch": -1, "metrics": {}, "score": float("-inf")}, []
     last = ckpt_dir / "last.pt"
     if last.exists():
         state = torch.load(last, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start, best, history = state["epoch"] + 1, state["best"], state["history"]
         torch.set_rng_state(state["torch_rng"])
     # find_unused_parameters: the negative-pair and MESM branches are skipped on some batches.
     net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if distributed else model
-    use_amp = cfg.amp and device.startswith("cuda")
 
     for epoch in progress(range(start, cfg.epochs), desc=f"train {type(model).__name__}", initial=start,
                           total=cfg.epochs):
@@ -108,13 +114,10 @@ def train_fine(model: nn.Module, train_samples: list[MomentSample], val_samples:
         for index in _batches(len(train_samples), cfg.batch_size, generator):
             local = index[local_slice(len(index))]
             batch: MomentBatch = collate_moments([train_samples[i] for i in local]).to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            with precision.autocast():
                 terms = fine_loss(net(batch), batch, weights)
             optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            precision.step(terms["total"], optimizer, scaler, model.parameters(), cfg.grad_clip)
             losses.append(float(terms["total"].detach()))
         record = {"epoch": epoch, "loss": mean_over_ranks(sum(losses) / max(len(losses), 1))}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
@@ -127,7 +130,7 @@ def train_fine(model: nn.Module, train_samples: list[MomentSample], val_samples:
         history.append(record)
         if rank == 0:
             with atomic_path(last) as tmp:
-                torch.save(_state(model, optimizer, epoch, best, history), tmp)
+                torch.save(_state(model, optimizer, scaler, epoch, best, history), tmp)
     if distributed:
         torch.distributed.barrier()
     best_model, _ = load_model(ckpt_dir / "best.pt", map_location=device)

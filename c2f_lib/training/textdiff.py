@@ -24,6 +24,7 @@ from c2f_lib.models.registry import claim_work_dir, fingerprint, load_if_reusabl
 from c2f_lib.models.textdiff import TextDiff, TextDiffConfig
 from c2f_lib.models.xpool import XPool, eval_mode
 from c2f_lib.progress import progress
+from c2f_lib.amp import Precision
 from c2f_lib.training.coarse import CoarseTrainConfig, train_coarse
 from c2f_lib.training.schedule import make_optimizer, make_scheduler
 from c2f_lib.utils import provenance, resolve_device
@@ -78,9 +79,13 @@ def denoising_loss_on(model: TextDiff, split: CoarseSplit, batch_size: int, seed
 
 
 def train_teacher(model: TextDiff, train: CoarseSplit, val: CoarseSplit,
-                  cfg: TeacherTrainConfig) -> list[dict[str, float]]:
-    """Phase 1 in place: plain denoising of the teacher; keeps the best validation epoch."""
+                  cfg: TeacherTrainConfig, amp: bool | str = False) -> list[dict[str, float]]:
+    """Phase 1 in place: plain denoising of the teacher; keeps the best validation epoch.
+
+    `amp` as in CoarseTrainConfig (train_textdiff passes the student's: one switch covers both phases)."""
     device = torch.device(resolve_device(cfg.device))
+    precision = Precision.of(amp, device)
+    scaler = precision.scaler()
     model.to(device).set_phase("teacher")
     gen = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = len(pair_batches(train, cfg.batch_size, torch.Generator().manual_seed(0)))
@@ -92,12 +97,11 @@ def train_teacher(model: TextDiff, train: CoarseSplit, val: CoarseSplit,
         total = 0.0
         for idx in pair_batches(train, cfg.batch_size, gen):
             ids = train.text_to_video[idx]
-            loss, _ = model.training_loss(train.text_emb[idx].to(device), train.frames[ids].to(device),
-                                          gen, video_ids=ids.to(device))
+            with precision.autocast():
+                loss, _ = model.training_loss(train.text_emb[idx].to(device), train.frames[ids].to(device),
+                                              gen, video_ids=ids.to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.teacher.parameters(), cfg.grad_clip)
-            optimizer.step()
+            precision.step(loss, optimizer, scaler, model.teacher.parameters(), cfg.grad_clip)
             scheduler.step()
             total += loss.item()
         val_loss = denoising_loss_on(model, val, cfg.batch_size, cfg.seed)
@@ -136,7 +140,7 @@ def train_textdiff(train: CoarseSplit, val: CoarseSplit, cfg: TextDiffTrainConfi
         model.load_state_dict(teacher.state_dict())
         history["teacher"] = extra.get("history", [])
     else:
-        history["teacher"] = train_teacher(model, train, val, cfg.teacher)
+        history["teacher"] = train_teacher(model, train, val, cfg.teacher, cfg.student.amp)
         save_model(teacher_path, model, {"phase": "teacher", "history": history["teacher"],
                                          "made_from": made_from, "provenance": provenance(asdict(cfg), cfg.teacher.seed)})
 
