@@ -52,7 +52,8 @@ class RunTextEncoder:
     def encodes_new_text(self) -> bool:
         return self._load is not None
 
-    def _encoder(self):
+    def backbone_encoder(self):
+        """The backbone text encoder (loaded on first use); QueryNotEncodable when there is none."""
         from c2f_lib.pipeline.search import BackboneTextEncoder
 
         if self._backbone is None:
@@ -72,7 +73,7 @@ class RunTextEncoder:
 
         with FeatureStore(self.store_path) as store:
             stored = all(store.has_text(t) for t in texts)
-        return StoreTextEncoder(self.store_path)(texts) if stored else self._encoder()(texts)
+        return StoreTextEncoder(self.store_path)(texts) if stored else self.backbone_encoder()(texts)
 
 
 def run_text_encoder(run_dir: str | Path, dataset: str, backbone: str, device: str = "cpu") -> RunTextEncoder:
