@@ -72,19 +72,22 @@ def result_figure(rows: Sequence[Row], clip_len: float, title: str, verdict: str
         where = "" if row.searched else "  — ground-truth video, NOT searched (outside K)"
         frame_ax.set_title(f"{rank}: {row.vid}{score}{where}", fontsize=8, loc="left",
                            color="black" if row.searched else GT)
-        for corpus_rank, start, end, fused in row.moments:
-            top = corpus_rank == 1
-            line_ax.add_patch(Rectangle((start, 0.55), end - start, 0.38, facecolor=PRED,
+        # one lane per predicted moment (best of the video on top), so overlapping windows stay apart
+        lane = 0.45 / max(1, len(row.moments))
+        for i, (corpus_rank, start, end, fused) in enumerate(row.moments):
+            top, y = corpus_rank == 1, 0.97 - (i + 1) * lane
+            line_ax.add_patch(Rectangle((start, y + 0.08 * lane), end - start, 0.84 * lane, facecolor=PRED,
                                         alpha=max(0.25, 0.9 / np.sqrt(corpus_rank)),
                                         edgecolor="black" if top else "none", linewidth=2 if top else 0))
-            label = f"TOP-1 ({fused:.2f})" if top else f"#{corpus_rank}"
-            line_ax.text((start + end) / 2, 0.74, label, ha="center", va="center", fontsize=7,
-                         fontweight="bold" if top else "normal")
+            label = f"TOP-1 (fused {fused:.2f})" if top else f"#{corpus_rank}"
+            line_ax.text(start + 0.01 * row.duration, y + lane / 2, label, ha="left", va="center",
+                         fontsize=7 if top else 6, fontweight="bold" if top else "normal")
         if row.unsearched_pick is not None:
             start, end = row.unsearched_pick[:2]
             line_ax.add_patch(Rectangle((start, 0.55), end - start, 0.38, fill=False, edgecolor=PRED,
                                         hatch="//", linewidth=1))
-            line_ax.text((start + end) / 2, 0.74, "fine pick if searched", ha="center", va="center", fontsize=6)
+            line_ax.text((start + end) / 2, 0.74, "fine pick if searched", ha="center", va="center", fontsize=6,
+                         backgroundcolor="white")
         for start, end in row.gt_windows:
             line_ax.add_patch(Rectangle((start, 0.07), end - start, 0.38, facecolor=GT, alpha=0.6))
             line_ax.text((start + end) / 2, 0.26, f"ground truth {start:.1f}–{end:.1f} s", ha="center",
@@ -96,7 +99,7 @@ def result_figure(rows: Sequence[Row], clip_len: float, title: str, verdict: str
         if row.saliency:
             sal_ax = line_ax.twinx()
             centres = (np.arange(len(row.saliency)) + 0.5) * clip_len
-            sal_ax.plot(centres, (np.asarray(row.saliency, dtype=float) - low) / (high - low), color="tab:blue", lw=1.2)
+            sal_ax.plot(centres, (np.asarray(row.saliency, dtype=float) - low) / (high - low), color="tab:blue", lw=1.2, alpha=0.85)
             sal_ax.set_ylim(-0.05, 1.05)  # one 0–1 scale for every row (min–max over the rows shown)
             sal_ax.set_yticks([0, 0.5, 1])
             sal_ax.set_ylabel("saliency\n(0–1)", fontsize=7, color="tab:blue")
