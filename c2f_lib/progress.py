@@ -2,11 +2,13 @@
 
 Widget bars (tqdm.auto in a notebook) executed headlessly leave un-rendered widget JSON and
 can stay stuck at 0% (papermill#617), so headless runs use plain text tqdm with a coarse
-refresh interval. The pipeline runner sets C2F_HEADLESS=1 for every notebook it executes.
+refresh interval, written to stdout: tqdm's default, stderr, puts every bar of an executed notebook in a
+red box that reads as an error. The pipeline runner sets C2F_HEADLESS=1 for every notebook it executes.
 """
 from __future__ import annotations
 
 import os
+import sys
 from typing import Iterable, TypeVar
 
 T = TypeVar("T")
@@ -23,6 +25,7 @@ def progress(iterable: Iterable[T] | None = None, **kwargs) -> "Iterable[T]":
 
         kwargs.setdefault("mininterval", 5.0)
         kwargs.setdefault("ascii", True)
+        kwargs.setdefault("file", sys.stdout)
     else:
         from tqdm.auto import tqdm
     return tqdm(iterable, **kwargs)

@@ -10,7 +10,8 @@ from c2f_lib.features.testing import make_random_store
 from c2f_lib.models.registry import build_model, save_model
 from c2f_lib.paths import RunPaths
 from c2f_lib.pipeline.report import (FINE_PREFERENCE, build_report, choose_fine, evaluate_methods,
-                                     find_checkpoints, stage_metrics)
+                                     find_checkpoints, report_sections, run_fine_choice, stage_metrics)
+from c2f_lib.utils import atomic_write_json
 from c2f_lib.pipeline.search import SearchConfig
 
 TINY_FINE = {"video_dim": 16, "text_dim": 16, "hidden_dim": 16, "n_heads": 2, "ffn_dim": 32, "num_queries": 4}
@@ -40,6 +41,18 @@ def test_fine_model_chosen_by_validation_metrics(tmp_path):
     # no validation numbers in the json: the checkpoints' own validation numbers, before any test number
     choice = choose_fine(fine, _stage05("test", {"mesm": 50.0, "qd_detr": 1.0, "moment_detr": 2.0}))
     assert choice.name == "qd_detr" and "checkpoint" in choice.basis
+
+
+def test_a_run_has_one_fine_model_chosen_on_stage_05_validation(tmp_path):
+    """Report and explorer call run_fine_choice: stage 05's validation means win over each checkpoint's own
+    best epoch (the explorer once took the latter and showed another model than the report)."""
+    paths = RunPaths(tmp_path)
+    _fine_checkpoints(paths.checkpoints("05_fine"), best_val={"mesm": 10.0, "qd_detr": 30.0, "moment_detr": 20.0})
+    assert run_fine_choice(tmp_path).name == "qd_detr"          # no metrics json yet: the checkpoints decide
+    atomic_write_json(paths.metrics_file("05_fine"), _stage05("val", {"mesm": 5.0, "qd_detr": 1.0, "moment_detr": 9.0}))
+    choice = run_fine_choice(tmp_path)
+    assert choice.name == "moment_detr" and "stage 05 metrics" in choice.basis
+    assert run_fine_choice(tmp_path, seed=1).name is None       # no checkpoint of that seed
 
 
 def test_fine_model_falls_back_to_held_out_then_preference(tmp_path):
@@ -123,3 +136,14 @@ def test_report_two_query_mode_on_real_tacos_cg(tmp_path, shared_datasets):
     assert all(len({r["coarse_query"] for r in two.records if r["gt_vid"] == vid}) == 4 for vid in vids)
     report = build_report({}, [two], {}, two_cfg, "test", dataset="tacos_cg")
     assert "two-query mode" in report and "single-query mode" in build_report({}, [], {}, SearchConfig(), "test")
+
+
+def test_report_sections_keep_every_table_whole():
+    stages = {"05_fine": None}
+    report = build_report(stages, [], {"VCMR recall": "figures/06_vcmr.png"}, SearchConfig(), "test",
+                          notes=["a note"])
+    sections = report_sections(report)
+    assert sections[0].startswith("# c2f evaluation report") and "a note" in sections[0]
+    assert all(not s.startswith("## Figures") and "figures/06_vcmr.png" not in s for s in sections)
+    assert any(s.startswith("## 6. Coarse-to-fine search") for s in sections)
+    assert "\n".join(sections) == report.split("## Figures")[0].strip()   # nothing lost, nothing cut

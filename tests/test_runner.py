@@ -184,6 +184,20 @@ def test_failing_notebook_names_cell_and_error_and_keeps_partial_output(toy):
     assert toy.status()["02_sum"]["reasons"][0] == "last run failed"
 
 
+def test_executed_notebook_embeds_figures_and_keeps_bars_out_of_stderr(toy):
+    """A cell that draws is saved with its PNG (not "<Figure size ...>"), once; a progress bar is stdout."""
+    write_notebook(toy.notebooks / "02_sum.ipynb", 'run_dir = "."\nscale = 1',
+                   "import matplotlib.pyplot as plt\nfrom c2f_lib.progress import progress\n"
+                   "for _ in progress(range(3), desc='work', mininterval=0):\n    pass\n"
+                   "fig, ax = plt.subplots()\nax.plot([1, 2])\nfig.savefig('/dev/null', format='png')")
+    toy.run()
+    cell = nbformat.read(toy.run_dir / "executed" / "02_sum.ipynb", as_version=4).cells[-1]
+    images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 1, [o.get("data", o.get("text")) for o in cell.outputs]
+    streams = {name: "".join(o.text for o in cell.outputs if o.get("name") == name) for name in ("stdout", "stderr")}
+    assert streams["stderr"] == "" and "work: 100%" in streams["stdout"]
+
+
 def test_config_errors_name_file_line_and_key(toy, tmp_path):
     stages = discover_stages(toy.notebooks)
     cases = {

@@ -1,17 +1,25 @@
 """Render a notebook (by default 07_explorer) in a real JupyterLab in headless Chromium and screenshot it.
 
-What it does: copies the notebook into a scratch folder with its `run_dir` parameter set to an existing run
+Two modes. ``--as-saved PATH`` opens an executed notebook exactly as `c2f run` saved it (e.g.
+outputs/<run>/executed/07_explorer.ipynb), without running anything: what a student sees on opening it. The
+notebook is not trusted there, so JupyterLab shows each output's safe fallback (the explorer's picture and its
+one-line text, not the live widget); the report lists the images, stderr boxes and widget errors on the page.
+
+The default mode copies the notebook into a scratch folder with its `run_dir` parameter set to an existing run
 directory, starts JupyterLab from this venv, opens the notebook in headless Chromium, runs all cells, waits
 for the kernel to go idle, screenshots the page, then (for the explorer) types another query into the
 query box, presses Search and screenshots again. It prints whether any widget failed to render
 ("Error displaying widget", "Loading widget...") and the browser console errors.
 
-Run (after `c2f run --config configs/tiny.yaml --run-dir /tmp/render_run --stages 01,02,03,04,05`):
+Run (after `c2f run --config configs/tiny.yaml --run-dir /tmp/render_run`):
 
     .venv/bin/python tools/render_in_lab.py --run-dir /tmp/render_run --out /tmp/render_out
+    .venv/bin/python tools/render_in_lab.py --as-saved /tmp/render_run/executed/07_explorer.ipynb --out /tmp/render_out
 
-Needs chromium + chromedriver (Debian: `apt-get install -y chromium chromium-driver`) and `pip install
-selenium`; none of them is a project dependency. A manual check tool: no test imports it.
+Needs chromium + chromedriver (Debian: `apt-get install -y chromium chromium-driver`) and selenium; none of them
+is a project dependency (selenium can live outside the venv: `pip install --target /tmp/selenium selenium`, then
+`PYTHONPATH=/tmp/selenium`). A manual check tool: no test imports it; tests/test_pipeline.py checks the executed
+notebooks' outputs without a browser.
 """
 from __future__ import annotations
 
@@ -112,10 +120,40 @@ def shoot(driver, out: Path, name: str, css: str | None = None) -> Path:
     return path
 
 
+def show_as_saved(args) -> int:
+    """Open a copy of an executed notebook without running it; screenshot its top and each picture."""
+    args.nb_dir.mkdir(parents=True, exist_ok=True)
+    nb = args.nb_dir / args.as_saved.name
+    shutil.copy(args.as_saved, nb)
+    lab = start_lab(args.nb_dir, args.port, args.token)
+    driver = browser(*map(int, args.size.split(",")), args.chromedriver)
+    try:
+        driver.get(f"http://127.0.0.1:{args.port}/lab/tree/{nb.name}?token={args.token}")
+        wait_for(driver, "return document.querySelectorAll('.jp-Cell').length > 0", 120, "the notebook")
+        time.sleep(5)  # outputs and images render
+        driver.execute_script("window.jupyterapp && window.jupyterapp.shell.collapseLeft();")
+        shoot(driver, args.out, f"{nb.stem}_saved_top")
+        report = page_report(driver)
+        images = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output img")
+        for i, image in enumerate(images[:6]):
+            driver.execute_script("arguments[0].scrollIntoView(true);", image)
+            time.sleep(1)
+            shoot(driver, args.out, f"{nb.stem}_saved_image{i}")
+        report["console"] = [e["message"][:300] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        print(json.dumps(report, indent=1))
+        (args.out / f"{nb.stem}_saved_report.json").write_text(json.dumps(report, indent=1))
+    finally:
+        driver.quit()
+        lab.terminate()
+        lab.wait(timeout=30)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--notebook", type=Path, default=REPO / "notebooks" / "07_explorer.ipynb")
-    ap.add_argument("--run-dir", type=Path, required=True)
+    ap.add_argument("--run-dir", type=Path, help="run folder the notebook's run_dir parameter is set to")
+    ap.add_argument("--as-saved", type=Path, help="an executed notebook to open as it is, without running it")
     ap.add_argument("--nb-dir", type=Path, default=Path("/tmp/render_nb"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/render_out"))
     ap.add_argument("--port", type=int, default=8899)
@@ -124,9 +162,12 @@ def main() -> int:
     ap.add_argument("--size", default="1600,2400", help="window width,height")
     ap.add_argument("--timeout", type=float, default=300, help="seconds to wait for the run")
     args = ap.parse_args()
-
-    nb = prepare(args.notebook, args.run_dir, args.nb_dir)
+    if (args.run_dir is None) == (args.as_saved is None):
+        ap.error("give --run-dir (run the notebook in the lab) or --as-saved (open an executed notebook)")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.as_saved:
+        return show_as_saved(args)
+    nb = prepare(args.notebook, args.run_dir, args.nb_dir)
     lab = start_lab(args.nb_dir, args.port, args.token)
     driver = browser(*map(int, args.size.split(",")), args.chromedriver)
     try:

@@ -2,7 +2,7 @@
 
     stages = stage_metrics(run_dir)                   # metrics json of 03/04/05 (None where missing)
     ckpts = find_checkpoints(run_dir, seed)           # {"coarse": {method: path}, "fine": {...}}
-    fine = choose_fine(ckpts["fine"], stages["05_fine"])   # best on validation (see SELECT_METRICS)
+    fine = run_fine_choice(run_dir, seed)             # best on validation (see SELECT_METRICS); the explorer's too
     results = evaluate_methods(ckpts, store, moments_jsonl, cfg, ks_videos=(1, 5, 10), fine_name=fine.name)
     # two-query mode (TACoS-CG): cfg.coarse_query = "caption" and captions_jsonl=<the split's captions>
     write_report(run_dir, build_report(stages, results, figures, cfg, split, fine=fine))
@@ -106,6 +106,13 @@ def choose_fine(fine: dict[str, Path], stage05: dict | None = None) -> FineChoic
 
 def best_fine(fine: dict[str, Path], stage05: dict | None = None) -> str | None:
     return choose_fine(fine, stage05).name
+
+
+def run_fine_choice(run_dir: str | Path, seed: int = 0) -> FineChoice:
+    """The one fine model of a run, for everything that shows its results (report 06, explorer 07):
+    `choose_fine` over the run's fine checkpoints with stage 05's metrics json, so both pick the same."""
+    stage05 = RunPaths(run_dir).metrics_file("05_fine")
+    return choose_fine(find_checkpoints(run_dir, seed)["fine"], read_json(stage05) if stage05.exists() else None)
 
 
 @dataclass
@@ -330,6 +337,28 @@ def build_report(stages: dict[str, dict | None], results: list[MethodResult], fi
         for name, path in figures.items():
             lines += [f"### {name}", "", f"![{name}]({path})", ""]
     return "\n".join(lines) + "\n"
+
+
+def report_sections(markdown: str) -> list[str]:
+    """The report cut at its `## ` headings, without the Figures section (a notebook shows them itself): small
+    outputs that no viewer truncates mid-table."""
+    sections, current = [], []
+    for line in markdown.splitlines():
+        if line.startswith("## ") and current:
+            sections.append("\n".join(current).strip())
+            current = []
+        current.append(line)
+    sections.append("\n".join(current).strip())
+    return [s for s in sections if s and not s.startswith("## Figures")]
+
+
+def display_report(markdown: str) -> None:
+    """Show the report's sections in a notebook; each output's plain-text form is its full Markdown (not
+    "<IPython.core.display.Markdown object>"), for viewers that cannot render Markdown."""
+    from IPython.display import display
+
+    for section in report_sections(markdown):
+        display({"text/markdown": section, "text/plain": section}, raw=True)
 
 
 def write_report(run_dir: str | Path, markdown: str) -> Path:

@@ -42,6 +42,9 @@ RUNNER_KEYS = ("run_dir",)
 # The kernel's own log (its "running over TCP without encryption" warning, the "KeyboardInterrupt caught
 # in kernel" that papermill's shutdown interrupt causes) says nothing about the stage: hidden unless --debug.
 QUIET_KERNEL = ["--IPKernelApp.log_level=CRITICAL"]
+# The kernel draws with the inline backend, as in JupyterLab: every figure a cell draws is embedded in the
+# executed notebook as a PNG (with Agg, cells would only show "<Figure size 1000x520 with 9 Axes>").
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
 class PipelineError(UserError):
@@ -290,8 +293,8 @@ def run_stage(stage: Stage, params: dict[str, Any], inputs: StageInputs, run_dir
     }
     status, error, interrupted = "completed", None, False
     try:
-        with _environment(C2F_HEADLESS="1", MPLBACKEND="Agg", **{STAGE_ENV: _relative(stage.path),
-                                                                  RUN_DIR_ENV: str(run_dir)}):
+        with _environment(C2F_HEADLESS="1", MPLBACKEND=INLINE_BACKEND, **{STAGE_ENV: _relative(stage.path),
+                                                                           RUN_DIR_ENV: str(run_dir)}):
             pm.execute_notebook(str(stage.path), str(executed), parameters=injected, kernel_name="python3",
                                 cwd=str(stage.path.parent), progress_bar=False, request_save_on_cell_execute=True,
                                 extra_arguments=[] if kernel_logs else QUIET_KERNEL)
