@@ -107,6 +107,21 @@ def test_vcmr_never_exceeds_ceiling(tmp_path):
         assert all({mm[0] for mm in r["moments"]} <= {v for v, _ in r["ranked_videos"][:k]} for r in records)
 
 
+def test_fine_cache_runs_each_pair_once_and_changes_nothing(tmp_path):
+    """Two coarse methods sharing a cache (the report's loop) get the candidates they get alone,
+    and the fine model sees each distinct (query, video) pair once."""
+    store, moments_file, _ = make_split(tmp_path, num_videos=10, seed=3)
+    corpus, queries = load_signal_split(store, moments_file)
+    cfg = SearchConfig(k_videos=4)
+    alone = [localise(StandInCoarse(pool), StandInFine(), queries, corpus, cfg) for pool in ("max", "mean")]
+    fine, cache = StandInFine(), {}
+    shared = [localise(StandInCoarse(pool), fine, queries, corpus, cfg, fine_cache=cache) for pool in ("max", "mean")]
+    assert shared == alone
+    seen = [(s.qid, s.vid) for batch in fine.calls for s in batch]
+    assert len(seen) == len(set(seen)) == len(cache)
+    assert len(cache) < sum(len(c.fine) for cands in alone for c in cands) + len(queries) * 2
+
+
 def test_two_query_mode_coarse_stage_uses_the_caption_fine_stage_the_moment(tmp_path):
     """The random store ties captions to their video's frames and moment sentences to nothing the
     coarse stage sees (plain frames): the videos are found from the caption, and only from it. The

@@ -98,7 +98,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "04": {
         "base_epochs": at_least(1), "teacher_epochs": at_least(1), "student_epochs": at_least(1),
         "num_steps": at_least(1), "step_ablation": at_least(1), "diffused_dim": at_least(0),
-        "readout": one_of("gated", "exp"), "width": at_least(2),
+        "readout": one_of("gated", "exp"), "width": at_least(2), "student_lr": above(0),
     },
     "05": {
         "hidden_dim": at_least(4, multiple_of=4),         # 4 attention heads

@@ -142,10 +142,11 @@ def evaluate_methods(checkpoints: dict[str, dict[str, Path]], store: str | Path,
     fine = load_model(checkpoints["fine"][fine_name], map_location=device)[0]
     ks = sorted({*ks_videos, cfg.k_videos})
     ks = [k for k in ks if k <= len(corpus.video_ids)]
-    results = []
+    results, fine_cache = [], {}     # one fine run per distinct (query, video) across the methods
     for method, path in checkpoints["coarse"].items():
         coarse = load_model(path, map_location=device)[0]
-        cands = localise(coarse, fine, queries, corpus, dataclasses.replace(cfg, k_videos=max(ks)))
+        cands = localise(coarse, fine, queries, corpus, dataclasses.replace(cfg, k_videos=max(ks)),
+                         fine_cache=fine_cache)
         per_k = records_by_k(coarse, cands, cfg, ks)
         by_k = {k: evaluate_vcmr(recs, gts, k_videos=(k,)) for k, recs in per_k.items()}
         k_main = min(cfg.k_videos, max(ks))

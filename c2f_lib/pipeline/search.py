@@ -321,9 +321,14 @@ def coarse_text(queries: Queries, cfg: SearchConfig) -> tuple[torch.Tensor, list
 
 def localise(coarse: CoarseModel, fine: FineModel, queries: Queries, corpus: Corpus,
              cfg: SearchConfig, index=None, with_gt: bool = True,
-             gallery: Gallery | None = None) -> list[Candidates]:
+             gallery: Gallery | None = None,
+             fine_cache: dict[tuple[int, int], dict] | None = None) -> list[Candidates]:
     """Rank videos (with `coarse_text`), then run the fine model with the moment sentence in each
-    query's first `cfg.k_videos` videos (+ GT video)."""
+    query's first `cfg.k_videos` videos (+ GT video).
+
+    `fine_cache` maps (query index, video index) to the fine prediction: pairs found there are not
+    run again and new ones are added, so several coarse methods over the same queries, corpus and
+    fine model (the report) run the fine model once per distinct pair."""
     text_emb, coarse_texts = coarse_text(queries, cfg)
     scores, order = rank_videos(coarse, text_emb, corpus, cfg, index, gallery)  # [T, N]
     k = min(cfg.k_videos, order.shape[1])
@@ -332,10 +337,12 @@ def localise(coarse: CoarseModel, fine: FineModel, queries: Queries, corpus: Cor
     if with_gt and queries.gt_vids:  # SVMR: the GT video too, unless the shortlist already has it
         gt_pairs = [(q, corpus.position[vid]) for q, vid in enumerate(queries.gt_vids)
                     if (q, corpus.position[vid]) not in set(pairs[q * k:(q + 1) * k])]
-    preds = _predict(fine, pairs + gt_pairs, queries, corpus, cfg, "fine stage")
+    cache = {} if fine_cache is None else fine_cache
+    todo = [pair for pair in dict.fromkeys(pairs + gt_pairs) if pair not in cache]
+    cache.update(zip(todo, _predict(fine, todo, queries, corpus, cfg, "fine stage")))
     fine_by_query: list[dict[str, dict]] = [{} for _ in range(len(queries))]
-    for (q, v), pred in zip(pairs + gt_pairs, preds):
-        fine_by_query[q][corpus.video_ids[v]] = pred
+    for q, v in pairs + gt_pairs:
+        fine_by_query[q][corpus.video_ids[v]] = cache[q, v]
     out = []
     for q in range(len(queries)):
         gt_vid = queries.gt_vids[q] if queries.gt_vids else None
