@@ -59,6 +59,15 @@ def resolve_device(name: str = "auto") -> str:
     return name
 
 
+def model_device(model: object):
+    """The device of a model's first parameter (CPU for a model without any, e.g. a stand-in)."""
+    import torch
+
+    params = getattr(model, "parameters", None)
+    first = next(iter(params()), None) if params else None
+    return first.device if first is not None else torch.device("cpu")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; move it into place only if the block succeeds.

@@ -104,3 +104,24 @@ def test_reference_protocol_pools_gallery_with_own_caption():
     assert ref[0].tolist() == [0, 1, 3] and ref[2].tolist() == [0, 2, 3]
     with pytest.raises(ValueError, match="protocol"):
         score_split(_OwnCaptionProbe(), split, "buggy")
+
+
+def test_score_split_scores_on_the_models_device_and_returns_cpu(monkeypatch):
+    """A split loaded on the CPU is scored where the model is (a GPU model gets GPU inputs), and the
+    similarities come back on the CPU, where text_to_video is. The 'meta' device stands in for a GPU."""
+    import c2f_lib.evaluation.retrieval as retrieval
+
+    class OnMeta:
+        def score(self, text, frames, chunk_size=16, generator=None, gallery_text=None):
+            assert text.device.type == frames.device.type == "meta"
+            assert gallery_text is None or gallery_text.device.type == "meta"
+            return torch.eye(text.shape[0], frames.shape[0], device="meta")
+
+    monkeypatch.setattr(retrieval, "model_device", lambda model: torch.device("meta"))
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda t: torch.eye(*t.shape) if t.device.type == "meta" else t)
+    split = CoarseSplit([f"v{i}" for i in range(3)], torch.randn(3, 4, 8), ["a", "b", "c"], torch.randn(3, 8),
+                        torch.arange(3))
+    for protocol in ("correct", "reference"):
+        sims = retrieval.score_split(OnMeta(), split, protocol)
+        assert sims.device.type == "cpu"
+    assert retrieval.evaluate_retrieval(OnMeta(), split)["t2v_R@1"] == 100.0

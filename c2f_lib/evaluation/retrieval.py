@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from c2f_lib.features.types import CoarseSplit
+from c2f_lib.utils import model_device
 
 KS = (1, 5, 10, 50)
 PROTOCOLS = ("correct", "reference")
@@ -101,12 +102,14 @@ def text_inputs(split: Any) -> torch.Tensor:
 
 def score_split(model: Any, split: CoarseSplit, protocol: str = "correct", chunk_size: int = 16,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """[T, V] similarities of a coarse model on a split under the given protocol (module docstring)."""
+    """[T, V] similarities (on the CPU) of a coarse model on a split under the given protocol (module
+    docstring); the split's texts and frames are scored on the model's device, wherever the split is."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
-    text, frames = text_inputs(split), split.frames
+    device = model_device(model)
+    text, frames = text_inputs(split).to(device), split.frames.to(device)
     if protocol == "correct":
-        return model.score(text, frames, chunk_size=chunk_size, generator=generator)
+        return model.score(text, frames, chunk_size=chunk_size, generator=generator).cpu()
     V = frames.shape[0]
     captions: list[list[int]] = [[] for _ in range(V)]
     for i, v in enumerate(split.text_to_video.tolist()):

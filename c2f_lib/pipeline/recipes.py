@@ -268,10 +268,9 @@ def run_recipe(path: str | Path, run_dir: str | Path, device: str = "auto", feat
         for name, (registry, config, train_cfg) in recipe_configs(recipe, device, dims).items():
             model = _train_coarse_model(registry, config, train_cfg, fit, select, ckpts / name)
             chunk = recipe.get("eval", {}).get("chunk_size", 16)
-            on_model = next(model.parameters()).device                  # the models score where their inputs are
             results[name] = {s: {f"{protocol}/{k}" if protocol != "correct" else k: v
                                  for protocol in recipe.get("eval", {}).get("protocols", ["correct"])
-                                 for k, v in evaluate_retrieval(model, _to(split, on_model), protocol, chunk).items()}
+                                 for k, v in evaluate_retrieval(model, split, protocol, chunk).items()}
                              for s, split in evals.items()}
     summary = {"recipe": recipe["recipe"], "dataset": recipe["dataset"], "device": device,
                "metrics": results,
@@ -280,14 +279,6 @@ def run_recipe(path: str | Path, run_dir: str | Path, device: str = "auto", feat
                "provenance": provenance({k: v for k, v in recipe.items() if not k.startswith("_")})}
     atomic_write_json(paths.metrics_file(f"repro_{recipe['recipe']}"), summary)
     return summary
-
-
-def _to(split, device):
-    from c2f_lib.features.types import CoarseSplit
-
-    # text_to_video stays on the CPU: the reference protocol indexes CPU results with it
-    return CoarseSplit(split.video_ids, split.frames.to(device), split.texts, split.text_emb.to(device),
-                       split.text_to_video)
 
 
 def _train_coarse_model(registry: str, config, train_cfg, fit, select, ckpt: Path):

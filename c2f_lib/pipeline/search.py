@@ -45,6 +45,7 @@ from c2f_lib.features.store_bundles import load_moment_samples
 from c2f_lib.features.types import MomentSample
 from c2f_lib.pipeline.rerank import Gallery, prepare_gallery
 from c2f_lib.progress import progress
+from c2f_lib.utils import model_device
 
 FUSIONS = ("fine", "product", "weighted")
 COARSE_QUERIES = ("moment", "caption")  # the coarse stage's text (see "Query modes" above)
@@ -233,12 +234,6 @@ def load_split(store_path: str | Path, moments_jsonl: str | Path,
 
 
 # ----------------------------------------------------------------------------- stage 1: rank videos
-def _device_of(model: object) -> torch.device:
-    params = getattr(model, "parameters", None)
-    first = next(iter(params()), None) if params else None
-    return first.device if first is not None else torch.device("cpu")
-
-
 @torch.inference_mode()
 def rank_videos(coarse: CoarseModel, text_emb: torch.Tensor, corpus: Corpus, cfg: SearchConfig,
                 index=None, gallery: Gallery | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,7 +245,7 @@ def rank_videos(coarse: CoarseModel, text_emb: torch.Tensor, corpus: Corpus, cfg
     that searches repeatedly; else prepared here for this call's candidates only).
     """
     generator = torch.Generator().manual_seed(cfg.seed)
-    device = _device_of(coarse)
+    device = model_device(coarse)
     V = len(corpus.video_ids)
     if index is None or cfg.shortlist_size is None or cfg.shortlist_size >= V:
         scores = coarse.score(text_emb.to(device), corpus.frames.to(device), chunk_size=cfg.chunk_size,

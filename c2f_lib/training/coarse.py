@@ -148,19 +148,9 @@ class _LossModule(nn.Module):
 def evaluate_split(model: nn.Module, split: Split, cfg: CoarseTrainConfig,
                    protocol: str | None = None) -> dict[str, float]:
     """Validation / test metrics of `model` on a split, with a seeded scorer."""
-    device = next(model.parameters()).device
-    moved = _on_device(split, device)
-    sims = score_split(model, moved, protocol or cfg.eval_protocol, cfg.eval_chunk_size,
+    sims = score_split(model, split, protocol or cfg.eval_protocol, cfg.eval_chunk_size,
                        torch.Generator().manual_seed(cfg.seed))
     return retrieval_metrics(sims, split.text_to_video)
-
-
-def _on_device(split: Split, device: torch.device) -> Split:
-    if isinstance(split, CoarseSplit):
-        return CoarseSplit(split.video_ids, split.frames.to(device), split.texts,
-                           split.text_emb.to(device), split.text_to_video.to(device))
-    return FrameSplit(split.video_ids, split.frames.to(device), split.texts,
-                      split.text_tokens.to(device), split.text_to_video.to(device))
 
 
 def _save_weights(path: Path, model: nn.Module, extra: dict[str, Any]) -> None:
