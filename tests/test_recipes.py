@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from c2f_lib.features.released import load_released_moment_samples
 from c2f_lib.features.testing import (make_random_store, write_msrvtt_release, write_qvhighlights_release,
@@ -124,6 +125,16 @@ def test_qvhighlights_qd_detr_recipe_end_to_end(tmp_path, capsys):
     assert "published 62.9" in capsys.readouterr().out
     assert (run / "checkpoints" / "repro" / "qvhighlights_qd_detr" / "qd_detr.pt").stat().st_mtime_ns == stamp
     assert json.loads((run / "metrics" / "repro_qvhighlights_qd_detr.json").read_text())["metrics"] == summary["metrics"]
+    # `c2f run --config <recipe>` runs the same recipe (here the tiny one, written out): nothing to retrain
+    tiny = {k: v for k, v in load_recipe(REPO_ROOT / "configs" / "repro" / "qvhighlights_qd_detr.yaml",
+                                         TINY_FINE).items() if not k.startswith("_")}
+    (tmp_path / "tiny_recipe.yaml").write_text(yaml.safe_dump(tiny))
+    assert c2f(["run", "--config", str(tmp_path / "tiny_recipe.yaml"), "--run-dir", str(run), "--device", "cpu",
+                "--features-root", str(features), "--datasets-root", str(datasets)]) == 0
+    assert "published 62.9" in capsys.readouterr().out
+    assert (run / "checkpoints" / "repro" / "qvhighlights_qd_detr" / "qd_detr.pt").stat().st_mtime_ns == stamp
+    assert c2f(["run", "--config", str(tmp_path / "tiny_recipe.yaml"), "--stages", "05"]) == 2
+    assert c2f(["run", "--config", str(REPO_ROOT / "configs" / "tiny.yaml"), "--features-root", "x"]) == 2
 
 
 def test_msrvtt_tmass_recipe_end_to_end(tmp_path):

@@ -55,8 +55,9 @@ def test_sqrt_schedule_matches_closed_form():
 
 def test_sampler_with_an_oracle_denoiser_returns_x0():
     sched = DiffusionSchedule(10)
-    x0 = torch.randn(3, 8)
-    noise = torch.randn(10, 3, 8)
+    gen = torch.Generator().manual_seed(0)          # not the global RNG: its state depends on test order
+    x0 = torch.randn(3, 8, generator=gen)
+    noise = torch.randn(10, 3, 8, generator=gen)
     calls = []
     out = sched.sample(lambda x, k: calls.append(k) or x0, noise)
     assert calls == list(range(10, 0, -1))
@@ -64,7 +65,8 @@ def test_sampler_with_an_oracle_denoiser_returns_x0():
     # q_sample at the last step is nearly pure noise; at step 1 mostly signal
     k = torch.tensor([1, 10, 10])
     xk = sched.q_sample(x0, k, noise[0])
-    assert torch.allclose(xk[1:], noise[0, 1:], atol=0.02)
+    assert float(sched.sqrt_abar[-1]) < 0.01 < float(sched.sqrt_abar[0])
+    assert torch.allclose(xk[1:], noise[0, 1:], atol=0.01 * float(x0.abs().max()) + 1e-4)
     assert not torch.allclose(xk[0], noise[0, 0], atol=0.1)
 
 

@@ -398,9 +398,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", help="output folder (default: outputs/<config name>)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the config's device")
     parser.add_argument("--force", action="store_true", help="rerun the selected stages even when they are fresh")
+    parser.add_argument("--features-root", help="paper recipes (configs/repro/*.yaml) only: the folder their "
+                                                "feature paths are relative to, as `c2f repro --features-root`")
+    parser.add_argument("--datasets-root", help="paper recipes only: the annotation root, as `c2f repro "
+                                                "--datasets-root` (default: as `c2f data`)")
+
+
+def is_recipe(path: str | Path) -> bool:
+    """True for a paper recipe (configs/repro/*.yaml: a top-level `recipe:` key) rather than a pipeline config."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        return False                          # load_config reports the YAML error with its line
+    return isinstance(raw, dict) and "recipe" in raw
+
+
+def run_recipe_config(args: argparse.Namespace) -> int:
+    """`c2f run --config configs/repro/<recipe>.yaml`: the recipe, run as `c2f repro` runs it."""
+    from c2f_lib.pipeline import recipes
+
+    if args.stages or args.force:
+        raise PipelineError("--stages and --force are for pipeline configs; a recipe always trains what "
+                            "its checkpoints lack (use `c2f repro --set ...` for overrides)", args.config)
+    return recipes.main(argparse.Namespace(recipe=args.config, features_root=args.features_root or ".",
+                                           datasets_root=args.datasets_root, run_dir=args.run_dir,
+                                           device=args.device or "auto", overrides=[]))
 
 
 def main(args: argparse.Namespace) -> int:
+    if is_recipe(args.config):
+        return run_recipe_config(args)
+    if getattr(args, "features_root", None) or getattr(args, "datasets_root", None):
+        raise PipelineError("--features-root and --datasets-root are for paper recipes (configs/repro/*.yaml)",
+                            args.config)
     started = time.time()
     results = run_pipeline(args.config, run_dir=args.run_dir, stages=args.stages, device=args.device,
                            force=args.force, kernel_logs=getattr(args, "debug", False))
