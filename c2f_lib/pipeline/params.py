@@ -106,7 +106,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "denoising_groups": at_least(0), "models": one_of(*FINE_MODELS, min_items=1), "workers": at_least(1),
     },
     "06": {
-        "ks_videos": at_least(1), "fusion": one_of("fine", "product", "weighted"), "alpha": between(0, 1),
+        "ks_videos": at_least(1), "fusion": one_of("fine", "product", "weighted"), "alpha": between(0, 1), "temperature": at_least(0),
         "coarse_query": one_of("moment", "caption"),
     },
     "07": {"query": ANY},
