@@ -211,5 +211,8 @@ def test_notebooks_06_and_07_headless(tmp_path):
     assert "| xpool |" in report and "**Missing stages** (not run):" in report and "`03_coarse`" in report
     executed = (tmp_path / "07_explorer.ipynb").read_text()
     assert "Top-1 moment" in executed and "Ground truth" in executed
-    fine = json.loads((paths.metrics_file("06_report")).read_text())["fine_model"]["name"]
+    report_metrics = json.loads((paths.metrics_file("06_report")).read_text())
+    fine = report_metrics["fine_model"]["name"]
     assert f"fine: {fine} (chosen by" in executed            # the report's fine model, not another
+    fusion = report_metrics["provenance"]["config"]["fusion"]
+    assert f"<b>{fusion}</b> fusion" in executed             # and the report's fusion, chosen on val

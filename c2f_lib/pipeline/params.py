@@ -109,7 +109,10 @@ RULES: dict[str, dict[str, Rule]] = {
         "ks_videos": at_least(1), "fusion": one_of("fine", "product", "weighted"), "alpha": between(0, 1), "temperature": at_least(0),
         "coarse_query": one_of("moment", "caption"),
     },
-    "07": {"query": ANY},
+    "07": {
+        "query": ANY, "fusion": one_of("fine", "product", "weighted"), "alpha": between(0, 1),
+        "temperature": at_least(0),
+    },
 }
 # Checks between two parameters of one notebook: (prefix, left, operator, right).
 RELATIONS: tuple[tuple[str, str, str, str], ...] = (
