@@ -27,13 +27,18 @@ def test_the_recipes_cover_the_issue():
     names = {p.stem for p in RECIPES}
     assert {"qvhighlights_moment_detr", "qvhighlights_qd_detr", "qvhighlights_mesm", "charades_sta_qd_detr",
             "charades_sta_mesm", "charades_cg_mesm", "tacos_mesm", "tacos_cg_mesm", "msrvtt_xpool", "msrvtt_tmass",
-            "msrvtt_tmass_b16", "msrvtt_textdiff"} <= names
+            "msrvtt_tmass_b16", "msrvtt_textdiff", "tacos_cg_coarse", "tacos_cg_vcmr"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_recipe_builds_valid_configs_and_states_its_sources(path):
     recipe = load_recipe(path)
     assert recipe["recipe"] == path.stem
+    if recipe["stage"] == "vcmr":    # its parts are recipes checked here on their own
+        assert set(recipe_configs(recipe, "cpu")) == {f"{part}.{name}" for part in ("coarse", "fine")
+                                                       for name in recipe[f"_{part}"]["models"]}
+        assert recipe["search"]["k_videos"] >= 1 and "estimate" in recipe["gpu"]["time"] and recipe["downloads"]
+        return
     dims = {"video_dim": 2816, "text_dim": 512} if recipe["stage"] == "fine" else {"dim": 512, "num_frames": 12}
     built = recipe_configs(recipe, "cpu", dims)
     assert set(built) == set(recipe["models"])
@@ -196,3 +201,48 @@ def test_textdiff_recipe_end_to_end(tmp_path):
                                     "models.textdiff.phases.teacher.epochs=1", "eval.chunk_size=4"])
     assert 0 <= summary["metrics"]["textdiff"]["test"]["t2v_R@1"] <= 100
     assert (tmp_path / "run" / "checkpoints" / "repro" / "msrvtt_textdiff" / "textdiff" / "textdiff.pt").exists()
+
+
+def test_tacos_cg_vcmr_recipe_end_to_end(tmp_path):
+    """Coarse (X-Pool, T-MASS on whole-video captions) + fine (MESM) on a miniature TACoS-CG tree, searched in
+    the two-query protocol; the fusion is chosen on val; `captions: offline` regenerates the captions and
+    retrains the coarse heads on them."""
+    from c2f_lib.data import registry
+    from c2f_lib.data.coarse_captions import OfflineCaptionConfig, offline_coarse_captions
+    from c2f_lib.features.testing import write_tacos_cg_release
+
+    datasets = tmp_path / "datasets"
+    write_tacos_cg_release(datasets / "tacos_cg", {"train": 6, "val": 3, "test": 3})
+    loaded = [registry.load_split("tacos_cg", s, datasets) for s in ("train", "val", "test")]
+    moments = [m for split in loaded for m in split.moments]
+    captions = [c for split in loaded for c in split.captions]
+    generated = offline_coarse_captions(moments, OfflineCaptionConfig())
+    features = write_released_tree(tmp_path / "features", moments)
+    make_random_store(features / "tacos_cg__ViT-B-32.h5", captions_records=captions + generated, dim=16,
+                      num_frames=12)
+    recipe = REPO_ROOT / "configs" / "repro" / "tacos_cg_vcmr.yaml"
+    tiny = ["coarse.train.epochs=1", "coarse.train.batch_size=4", "coarse.models.tmass.config.num_trials=2",
+            "fine.train.epochs=1", "fine.train.batch_size=4", "fine.models.mesm.config.hidden_dim=32",
+            "fine.models.mesm.config.n_heads=4", "fine.models.mesm.config.ffn_dim=64",
+            "select.alpha=[0.2, 0.5]", "select.temperature=[0.05]"]
+    run = tmp_path / "run"
+    summary = run_recipe(recipe, run, "cpu", features, datasets, tiny)
+    assert set(summary["systems"]) == {"xpool+mesm", "tmass+mesm", "fine_only+mesm"}
+    assert summary["captions"] == "native" and summary["selected_on"] == "val"
+    for name in ("xpool+mesm", "tmass+mesm"):
+        system = summary["systems"][name]
+        best = max(system["val_grid"], key=lambda row: row["VCMR-R@1-IoU0.5"])
+        assert len(system["val_grid"]) == 2 and system["fusion"]["alpha"] == best["alpha"]
+    test = {name: m["test"] for name, m in summary["metrics"].items()}
+    assert all(m["query_mode"] == "two" and m["num_queries"] == 9 for m in test.values())
+    # SVMR runs the fine model on the GT video: the same whatever the coarse stage
+    assert test["xpool+mesm"]["SVMR-R@1-IoU0.5"] == test["fine_only+mesm"]["SVMR-R@1-IoU0.5"]
+    assert test["fine_only+mesm"]["Ceiling@3"] == 100.0                  # fine-only searches all 3 videos
+    assert set(summary["coarse"]) == {"xpool", "tmass"} and "test" in summary["fine"]["mesm"]
+    assert json.loads((run / "metrics" / "repro_tacos_cg_vcmr.json").read_text())["systems"]
+    ckpt = run / "checkpoints" / "repro" / "tacos_cg_coarse" / "xpool.pt"
+    before = ckpt.stat().st_mtime_ns
+    summary = run_recipe(recipe, run, "cpu", features, datasets, tiny + ["captions=offline"])
+    exported = (run / "data" / "tacos_cg" / "captions_test.jsonl").read_text()
+    assert summary["captions"] == "offline" and "summary 0 of" not in exported and "Step" in exported
+    assert ckpt.stat().st_mtime_ns != before                              # other captions: retrained

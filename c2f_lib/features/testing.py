@@ -248,3 +248,28 @@ def write_msrvtt_release(folder: str | Path, n_train: int = 16, n_test: int = 6,
     return ([VideoCaptions(vid=v, captions=[f"caption {c} of {v}" for c in range(captions_per_video)], duration=10.0)
              for v in train]
             + [VideoCaptions(vid=v, captions=[f"a test clip of {v}"], duration=10.0) for v in test])
+
+
+def write_tacos_cg_release(folder: str | Path, splits: dict[str, int], sentences_per_video: int = 3,
+                           captions_per_video: int = 2, fps: float = 29.4, seconds: float = 40.0,
+                           seed: int = 0) -> None:
+    """TACoS-CG annotation files in their release layout for `splits` = {split: number of videos}:
+    `cg_<split>.json` (whole-video captions, one row each) and `tacos.json` (all videos' step sentences,
+    timestamps in frames)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    num_frames = int(seconds * fps)
+    fine = {}
+    for split, n_videos in splits.items():
+        rows = []
+        for v in range(n_videos):
+            video = f"s{split}-d{v:02d}.avi"
+            starts = sorted(int(x) for x in rng.integers(0, num_frames - 300, sentences_per_video))
+            fine[video] = {"timestamps": [[s, s + int(rng.integers(120, 300))] for s in starts],
+                           "sentences": [f"step {k} of {video}" for k in range(sentences_per_video)],
+                           "fps": fps, "num_frames": num_frames}
+            rows += [{"video_id": video, "summarized_sentence": f"summary {c} of {video}", "fps": fps,
+                      "num_frames": num_frames} for c in range(captions_per_video)]
+        (folder / f"cg_{split}.json").write_text(json.dumps(rows))
+    (folder / "tacos.json").write_text(json.dumps(fine))

@@ -32,8 +32,11 @@ import yaml
 
 from c2f_lib.errors import UserError
 
-STAGES = ("fine", "coarse", "textdiff")
+STAGES = ("fine", "coarse", "textdiff", "vcmr")
 REQUIRED = ("recipe", "stage", "dataset", "splits", "features", "models", "train", "targets")
+# a `vcmr` recipe names a coarse and a fine recipe (paths relative to it) and how to search with them
+REQUIRED_VCMR = ("recipe", "stage", "dataset", "splits", "coarse", "fine", "search")
+CAPTION_SOURCES = ("native", "offline")   # the dataset's own whole-video captions, or generated from moments
 
 
 class RecipeError(UserError, ValueError):
@@ -59,19 +62,36 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     recipe = yaml.safe_load(path.read_text()) or {}
     if not isinstance(recipe, dict):
         raise RecipeError("expected a mapping at the top level", str(path))
+    sub_overrides: dict[str, list[str]] = {"coarse": [], "fine": []}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise RecipeError(f"--set {item!r}: use key.sub=value")
+        part, _, rest = key.strip().partition(".")
+        if recipe.get("stage") == "vcmr" and part in sub_overrides and rest:
+            sub_overrides[part].append(f"{rest}={raw}")    # e.g. coarse.train.epochs=1 -> its coarse recipe
+            continue
         _set(recipe, key.strip(), yaml.safe_load(raw))
-    missing = [k for k in REQUIRED if k not in recipe]
+    if recipe.get("stage") not in STAGES:
+        raise RecipeError(f"stage must be one of {STAGES}, got {recipe.get('stage')!r}", str(path))
+    missing = [k for k in (REQUIRED_VCMR if recipe["stage"] == "vcmr" else REQUIRED) if k not in recipe]
     if missing:
         raise RecipeError(f"missing key {missing[0]!r}", str(path))
-    if recipe["stage"] not in STAGES:
-        raise RecipeError(f"stage must be one of {STAGES}, got {recipe['stage']!r}", str(path))
-    unknown_targets = set(recipe["targets"]) - set(recipe["models"])
-    if unknown_targets:
-        raise RecipeError(f"targets name models the recipe does not train: {sorted(unknown_targets)}", str(path))
+    if recipe["stage"] == "vcmr":
+        for part, stages in (("coarse", ("coarse",)), ("fine", ("fine",))):
+            sub = load_recipe(path.parent / recipe[part], sub_overrides[part])
+            if sub["stage"] not in stages or sub["dataset"] != recipe["dataset"]:
+                raise RecipeError(f"{part}: {recipe[part]} must be a {stages[0]} recipe on {recipe['dataset']}, "
+                                  f"got a {sub['stage']} recipe on {sub['dataset']}", str(path))
+            recipe[f"_{part}"] = sub
+        recipe.setdefault("targets", {})
+    else:
+        unknown_targets = set(recipe["targets"]) - set(recipe["models"])
+        if unknown_targets:
+            raise RecipeError(f"targets name models the recipe does not train: {sorted(unknown_targets)}",
+                              str(path))
+    if recipe.get("captions", "native") not in CAPTION_SOURCES:
+        raise RecipeError(f"captions must be one of {CAPTION_SOURCES}, got {recipe['captions']!r}", str(path))
     recipe["_path"] = str(path)
     return recipe
 
@@ -81,6 +101,9 @@ def recipe_configs(recipe: dict, device: str = "cpu", dims: dict[str, int] | Non
     without data. `dims`: feature sizes found in the data (video_dim/text_dim, or dim/num_frames)."""
     dims = dims or {}
     out = {}
+    if recipe["stage"] == "vcmr":     # both parts, as "coarse.<model>" / "fine.<model>" (dims are the parts')
+        return {f"{part}.{name}": built for part in ("coarse", "fine")
+                for name, built in recipe_configs(recipe[f"_{part}"], device).items()}
     if recipe["stage"] == "fine":
         import c2f_lib.models.mesm  # noqa: F401  (registers qd_detr and mesm)
         import c2f_lib.models.moment_detr  # noqa: F401
@@ -146,12 +169,24 @@ def export_annotations(recipe: dict, run_dir: Path, datasets_root: str | Path | 
     from c2f_lib.paths import RunPaths
 
     paths, dataset = RunPaths(run_dir), recipe["dataset"]
-    kind = "moments" if recipe["stage"] == "fine" else "captions"
-    needed = [getattr(paths, f"{kind}_file")(dataset, s) for s in _splits(recipe)]
-    if not all(p.exists() for p in needed):
+    kinds = {"fine": ["moments"], "vcmr": ["moments", "captions"]}.get(recipe["stage"], ["captions"])
+    needed = [getattr(paths, f"{kind}_file")(dataset, s) for kind in kinds for s in _splits(recipe)]
+    source = recipe.get("captions", "native")
+    if not all(p.exists() for p in needed) or ("captions" in kinds and _caption_source(paths, dataset) != source):
         export_dataset(dataset, run_dir, root=datasets_root, splits=_splits(recipe),
-                       coarse_captions="none" if kind == "moments" else "native")
+                       coarse_captions=source if "captions" in kinds else "none")
     return paths.dataset_dir(dataset)
+
+
+def _caption_source(paths, dataset: str) -> str | None:
+    """How the exported captions were made ("native" / "offline"), from the export's meta.json."""
+    import json
+
+    meta = paths.dataset_dir(dataset) / "meta.json"
+    if not meta.exists():
+        return None
+    sources = {s.get("captions_from") for s in json.loads(meta.read_text()).get("splits", {}).values()}
+    return sources.pop() if len(sources) == 1 else None
 
 
 def _feature_path(root: Path, name: str) -> Path:
@@ -236,6 +271,47 @@ def _compare(metrics: dict[str, dict[str, float]], targets: dict) -> dict:
             for m, v in targets.get("metrics", {}).items()}
 
 
+def train_fine_recipe(recipe: dict, run_dir: Path, device: str, features_root: Path
+                      ) -> tuple[dict[str, Any], dict[str, dict], dict[str, list]]:
+    """Train (or load) every model of a `fine` recipe -> ({name: model}, {name: {split: metrics}},
+    {eval split: samples})."""
+    from c2f_lib.paths import RunPaths
+    from c2f_lib.training.fine import evaluate_model, train_or_load
+
+    ckpts = RunPaths(run_dir).checkpoints("repro") / recipe["recipe"]
+    fit, select, evals = load_fine_splits(recipe, run_dir, features_root)
+    first = fit[0]
+    dims = {"video_dim": int(first.clip_feats.shape[1]), "text_dim": int(first.token_feats.shape[1])}
+    models, results = {}, {}
+    for name, (registry, config, train_cfg) in recipe_configs(recipe, device, dims).items():
+        models[name], _ = train_or_load(registry, config, fit, select, train_cfg, ckpts / f"{name}.pt")
+        results[name] = {s: evaluate_model(models[name], samples)[0] for s, samples in evals.items()}
+    return models, results, evals
+
+
+def train_coarse_recipe(recipe: dict, run_dir: Path, device: str, features_root: Path
+                        ) -> tuple[dict[str, Any], dict[str, dict], dict[str, Any]]:
+    """Train (or load) every model of a `coarse` / `textdiff` recipe -> ({name: model},
+    {name: {split: metrics}}, {eval split: CoarseSplit})."""
+    from c2f_lib.evaluation.retrieval import evaluate_retrieval
+    from c2f_lib.paths import RunPaths
+
+    ckpts = RunPaths(run_dir).checkpoints("repro") / recipe["recipe"]
+    fit, select, evals = load_coarse_splits(recipe, run_dir, features_root)
+    frames = fit.frames                                              # [V, F, D]
+    dims = {"dim": int(frames.shape[2]), "num_frames": int(frames.shape[1])}
+    chunk = recipe.get("eval", {}).get("chunk_size", 16)
+    protocols = recipe.get("eval", {}).get("protocols", ["correct"])
+    models, results = {}, {}
+    for name, (registry, config, train_cfg) in recipe_configs(recipe, device, dims).items():
+        models[name] = _train_coarse_model(registry, config, train_cfg, fit, select, ckpts / name)
+        results[name] = {s: {f"{protocol}/{k}" if protocol != "correct" else k: v
+                             for protocol in protocols
+                             for k, v in evaluate_retrieval(models[name], split, protocol, chunk).items()}
+                         for s, split in evals.items()}
+    return models, results, evals
+
+
 def run_recipe(path: str | Path, run_dir: str | Path, device: str = "auto", features_root: str | Path = ".",
                datasets_root: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Run one recipe (see the module docstring); returns what it writes to the metrics file."""
@@ -245,39 +321,21 @@ def run_recipe(path: str | Path, run_dir: str | Path, device: str = "auto", feat
     recipe = load_recipe(path, overrides)
     device = resolve_device(device)
     run_dir, features_root = Path(run_dir).resolve(), Path(features_root)
-    paths = RunPaths(run_dir)
     recipe_configs(recipe, device)                      # every config checked before any data is read
-    export_annotations(recipe, run_dir, datasets_root)
-    ckpts = paths.checkpoints("repro") / recipe["recipe"]
-    results: dict[str, dict] = {}
-    if recipe["stage"] == "fine":
-        from c2f_lib.training.fine import evaluate_model, train_or_load
+    if recipe["stage"] == "vcmr":
+        from c2f_lib.pipeline.recipe_vcmr import run_vcmr_recipe
 
-        fit, select, evals = load_fine_splits(recipe, run_dir, features_root)
-        first = fit[0]
-        dims = {"video_dim": int(first.clip_feats.shape[1]), "text_dim": int(first.token_feats.shape[1])}
-        for name, (registry, config, train_cfg) in recipe_configs(recipe, device, dims).items():
-            model, _ = train_or_load(registry, config, fit, select, train_cfg, ckpts / f"{name}.pt")
-            results[name] = {s: evaluate_model(model, samples)[0] for s, samples in evals.items()}
+        summary = run_vcmr_recipe(recipe, run_dir, device, features_root, datasets_root)
     else:
-        from c2f_lib.evaluation.retrieval import evaluate_retrieval
-
-        fit, select, evals = load_coarse_splits(recipe, run_dir, features_root)
-        frames = fit.frames                                              # [V, F, D]
-        dims = {"dim": int(frames.shape[2]), "num_frames": int(frames.shape[1])}
-        for name, (registry, config, train_cfg) in recipe_configs(recipe, device, dims).items():
-            model = _train_coarse_model(registry, config, train_cfg, fit, select, ckpts / name)
-            chunk = recipe.get("eval", {}).get("chunk_size", 16)
-            results[name] = {s: {f"{protocol}/{k}" if protocol != "correct" else k: v
-                                 for protocol in recipe.get("eval", {}).get("protocols", ["correct"])
-                                 for k, v in evaluate_retrieval(model, split, protocol, chunk).items()}
-                             for s, split in evals.items()}
-    summary = {"recipe": recipe["recipe"], "dataset": recipe["dataset"], "device": device,
-               "metrics": results,
-               "vs_published": {n: _compare(results[n], t) for n, t in recipe["targets"].items()},
-               "overrides": list(overrides),
-               "provenance": provenance({k: v for k, v in recipe.items() if not k.startswith("_")})}
-    atomic_write_json(paths.metrics_file(f"repro_{recipe['recipe']}"), summary)
+        export_annotations(recipe, run_dir, datasets_root)
+        train = train_fine_recipe if recipe["stage"] == "fine" else train_coarse_recipe
+        _, results, _ = train(recipe, run_dir, device, features_root)
+        summary = {"recipe": recipe["recipe"], "dataset": recipe["dataset"], "device": device,
+                   "metrics": results,
+                   "vs_published": {n: _compare(results[n], t) for n, t in recipe["targets"].items()}}
+    summary.update(overrides=list(overrides),
+                   provenance=provenance({k: v for k, v in recipe.items() if not k.startswith("_")}))
+    atomic_write_json(RunPaths(run_dir).metrics_file(f"repro_{recipe['recipe']}"), summary)
     return summary
 
 
@@ -322,5 +380,9 @@ def main(args: argparse.Namespace) -> int:
         for metric, row in rows.items():
             ours = "-" if row["ours"] is None else f"{row['ours']:.1f}"
             print(f"{name:14s} {metric:16s} ours {ours:>6s}  published {row['published']:.1f}")
+    for name, by_split in (summary["metrics"].items() if recipe["stage"] == "vcmr" else ()):
+        for split, m in by_split.items():
+            print(f"{name:18s} {split:6s} VR-R@1 {m['VR-R@1']:5.1f}  SVMR-R@1-IoU0.5 {m.get('SVMR-R@1-IoU0.5', 0):5.1f}"
+                  f"  VCMR-R@1-IoU0.5 {m['VCMR-R@1-IoU0.5']:5.1f}")
     print(f"metrics: {RunPaths(run_dir).metrics_file('repro_' + recipe['recipe'])}")
     return 0

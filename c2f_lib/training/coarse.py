@@ -279,7 +279,8 @@ def train_or_load_coarse(method: str, model_config: Any, train: Split, val: Spli
     from c2f_lib.models.registry import build_model, claim_work_dir, fingerprint, load_if_reusable, load_model
 
     path = Path(path)
-    made_from = fingerprint(method, asdict(model_config), asdict(cfg), train.video_ids, val.video_ids)
+    made_from = fingerprint(method, asdict(model_config), asdict(cfg), train.video_ids, val.video_ids,
+                            train.texts, val.texts)    # other captions (e.g. regenerated) retrain
     loaded = load_if_reusable(path, made_from)
     if loaded is None:
         model = build_model(method, asdict(model_config))
