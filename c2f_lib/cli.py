@@ -79,13 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _name_every_command(parser: argparse.ArgumentParser) -> None:
-    """Each (sub)command records its own name ("c2f data stats"); the deepest one parsed wins."""
+def _name_every_command(parser: argparse.ArgumentParser, depth: int = 0) -> None:
+    """Each (sub)command records its own name ("c2f data stats"), the deepest one parsed wins, and
+    takes --debug wherever it is typed (`c2f data list --debug`)."""
     parser.set_defaults(_prog=parser.prog)
+    if depth >= 2 and "--debug" not in parser._option_string_actions:
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show the full traceback of any error")
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                _name_every_command(child)
+                _name_every_command(child, depth + 1)
 
 
 def describe(err: BaseException) -> str:

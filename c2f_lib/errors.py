@@ -38,6 +38,10 @@ def _rebuild(cls: type[UserError], what: str, file, line, field) -> UserError:
     return error
 
 
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named (or a step they must run first would make) does not exist."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with where it struck ("in 05_fine_grounding") so the command can say what to rerun."""
 

@@ -149,6 +149,18 @@ def test_tinyclip_without_its_checkpoint_says_where_one_is(tmp_path):
 
 
 def test_random_init_warning_is_silenced_where_weights_follow(caplog):
+    """open_clip logs "No pretrained weights loaded ... initialized randomly" for every model it builds
+    without weights; OpenClipBackbone builds its model that way and loads or trains the weights next."""
+    import open_clip
+
+    from c2f_lib.features.testing import TINY_OPEN_CLIP
+
+    tiny_open_clip()                                     # registers the tiny model config
     with caplog.at_level("WARNING"):
-        tiny_open_clip()
+        open_clip.create_model(TINY_OPEN_CLIP, pretrained=None)
+    assert [r for r in caplog.records if "No pretrained weights" in r.getMessage()]   # open_clip's own noise
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        backbone = OpenClipBackbone(TINY_OPEN_CLIP, None)      # builds through open_clip.create_model itself
+    assert backbone.embed_dim > 0
     assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]

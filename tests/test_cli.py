@@ -108,3 +108,28 @@ def test_duplicated_qid_in_a_real_file_is_refused(shared_datasets, tmp_path, cap
         assert _only_line(capsys.readouterr().err).endswith(
             f"qid {qid!r} given twice (first on line 3), {root}/qvhighlights/highlight_val_release.jsonl:6:qid")
     assert not (tmp_path / "run").exists()
+
+
+def test_bad_input_in_any_layer_is_a_user_error_and_debug_works_after_nested_commands(tmp_path, capsys):
+    """Issue 18 (audit): malformed released features were an "internal error" (status 1) and `--debug` after
+    a nested command (`c2f data list --debug`) was an unrecognised argument."""
+    from c2f_lib.data.llm_captions import LLMCaptionError
+    from c2f_lib.evaluation.vcmr import VCMRPredictionError
+    from c2f_lib.errors import UserError
+    from c2f_lib.features.testing import write_qvhighlights_release
+    from conftest import REPO_ROOT
+
+    assert all(issubclass(cls, UserError) for cls in (LLMCaptionError, VCMRPredictionError))
+    datasets, features = tmp_path / "datasets", tmp_path / "features"
+    write_qvhighlights_release(datasets / "qvhighlights", {"train": 2, "val": 1})
+    features.mkdir()
+    (features / "slowfast_features").write_text("not features")
+    recipe = REPO_ROOT / "configs" / "repro" / "qvhighlights_qd_detr.yaml"
+    assert main(["repro", "--recipe", str(recipe), "--features-root", str(features), "--datasets-root",
+                 str(datasets), "--run-dir", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    assert _only_line(capsys.readouterr().err) == ("c2f repro: expected a folder of .npz files or an HDF5 file "
+                                                   f"(.h5, .hdf5), {features / 'slowfast_features'}")
+    assert main(["data", "list", "--debug"]) == 0
+    capsys.readouterr()
+    with pytest.raises(KeyError):
+        main(["data", "stats", "no_such_dataset", "--debug"])

@@ -27,7 +27,8 @@ def test_the_recipes_cover_the_issue():
     names = {p.stem for p in RECIPES}
     assert {"qvhighlights_moment_detr", "qvhighlights_qd_detr", "qvhighlights_mesm", "charades_sta_qd_detr",
             "charades_sta_mesm", "charades_cg_mesm", "tacos_mesm", "tacos_cg_mesm", "msrvtt_xpool", "msrvtt_tmass",
-            "msrvtt_tmass_b16", "msrvtt_textdiff", "tacos_cg_coarse", "tacos_cg_vcmr"} <= names
+            "msrvtt_tmass_b16", "msrvtt_textdiff", "tacos_cg_coarse", "tacos_cg_vcmr",
+            "msrvtt_xpool_e2e", "msrvtt_tmass_e2e", "msrvtt_tmass_b16_e2e"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -49,6 +50,11 @@ def test_recipe_builds_valid_configs_and_states_its_sources(path):
     if recipe["stage"] == "fine":
         for _, config, train in built.values():
             assert config["video_dim"] == 2816 and train.epochs == 200 and train.device == "cpu"
+    if recipe["features"].get("mode") == "end_to_end":     # the papers' fine-tuning: CLIP at clip_lr, 12 frames
+        assert recipe["features"]["num_frames"] == 12 and recipe["features"]["backbone"].endswith(":openai")
+        for _, config, train in built.values():
+            assert (train.clip_lr, train.lr, train.epochs, train.batch_size) == (1e-6, 3e-5, 5, 32)
+            assert config.dim == 512 and config.dropout == 0.3
 
 
 def test_published_targets_are_the_issues_numbers():
@@ -65,6 +71,9 @@ def test_published_targets_are_the_issues_numbers():
     assert metrics("msrvtt_xpool", "xpool")["metrics"]["t2v_R@1"] == 46.9
     assert metrics("msrvtt_tmass", "tmass")["metrics"]["t2v_R@1"] == 50.2
     assert metrics("msrvtt_tmass_b16", "tmass")["metrics"]["t2v_R@1"] == 52.7
+    assert metrics("msrvtt_xpool_e2e", "xpool")["metrics"] == {"t2v_R@1": 46.9, "t2v_R@5": 72.8, "t2v_R@10": 82.2}
+    assert metrics("msrvtt_tmass_e2e", "tmass")["metrics"]["t2v_R@1"] == 50.2
+    assert metrics("msrvtt_tmass_b16_e2e", "tmass")["metrics"]["t2v_R@1"] == 52.7
 
 
 def test_overrides_and_errors(tmp_path):

@@ -131,7 +131,7 @@ def test_missing_files_are_skipped_and_listed(released):
 def test_wrong_key_names_file_and_keys(released):
     d = released["dir"]
     np.savez(d / "clip_features" / "vidA_0_20.npz", feats=released["clip"]["vidA_0_20"])
-    with pytest.raises(ReleasedFeatureError, match=r"vidA_0_20\.npz: no key 'features' \(keys: \['feats'\]\)"):
+    with pytest.raises(ReleasedFeatureError, match=r"^no key 'features' \(keys: \['feats'\]\), .*vidA_0_20\.npz$"):
         load_released_moment_samples(d / "moments.jsonl", [d / "clip_features"], d / "clip_text_features")
     with pytest.raises(ReleasedFeatureError, match="no key 'pooler'"):
         load_released_moment_samples(d / "moments.jsonl", [d / "slowfast_features"], d / "clip_text_features",
@@ -140,13 +140,13 @@ def test_wrong_key_names_file_and_keys(released):
 
 def test_wrong_rank_is_an_error(released):
     d = released["dir"]
-    with pytest.raises(ReleasedFeatureError, match=r"qid1\.npz: expected a 2-D .* shape \(8,\).*per-token"):
+    with pytest.raises(ReleasedFeatureError, match=r"^expected a 2-D .* shape \(8,\).*per-token.*, .*qid1\.npz$"):
         load_released_moment_samples(d / "moments.jsonl", [d / "clip_features"], d / "clip_text_features",
                                      ReleasedConfig(text_key="pooler_output"))
     with h5py.File(d / "slowfast.hdf5", "a") as f:
         del f["vidA_0_20"]
         f.create_dataset("vidA_0_20", data=np.zeros((1, 9, SF_D)))
-    with pytest.raises(ReleasedFeatureError, match=r"slowfast\.hdf5\['vidA_0_20'\]: expected a 2-D .*\(1, 9, 6\)"):
+    with pytest.raises(ReleasedFeatureError, match=r"^expected a 2-D .*\(1, 9, 6\), .*slowfast\.hdf5\['vidA_0_20'\]$"):
         load_released_moment_samples(d / "moments.jsonl", [d / "slowfast.hdf5"], d / "clip_text.hdf5")
 
 
@@ -155,14 +155,14 @@ def test_bad_sources_and_inconsistent_dims(released):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_released_moment_samples(d / "moments.jsonl", [d / "nowhere"], d / "clip_text_features")
     (d / "notes.txt").write_text("x")
-    with pytest.raises(ReleasedFeatureError, match=r"notes\.txt: expected a folder of \.npz files or an HDF5"):
+    with pytest.raises(ReleasedFeatureError, match=r"^expected a folder of \.npz files or an HDF5.*, .*notes\.txt$"):
         load_released_moment_samples(d / "moments.jsonl", [d / "notes.txt"], d / "clip_text_features")
     (d / "broken.h5").write_bytes(b"not hdf5")
-    with pytest.raises(ReleasedFeatureError, match=r"broken\.h5: not a readable HDF5"):
+    with pytest.raises(ReleasedFeatureError, match=r"^not a readable HDF5.*, .*broken\.h5$"):
         load_released_moment_samples(d / "moments.jsonl", [d / "broken.h5"], d / "clip_text_features")
     (d / "clip_features" / "vidB_10_26.npz").write_bytes(b"garbage")
-    with pytest.raises(ReleasedFeatureError, match=r"vidB_10_26\.npz: not a readable npz"):
+    with pytest.raises(ReleasedFeatureError, match=r"^not a readable npz.*, .*vidB_10_26\.npz$"):
         load_released_moment_samples(d / "moments.jsonl", [d / "clip_features"], d / "clip_text_features")
     np.savez(d / "clip_features" / "vidB_10_26.npz", features=np.ones((8, CLIP_D + 1)))
-    with pytest.raises(ReleasedFeatureError, match=r"vidB_10_26\.npz: video dimension 5 differs from 4"):
+    with pytest.raises(ReleasedFeatureError, match=r"^video dimension 5 differs from 4.*, .*vidB_10_26\.npz$"):
         load_released_moment_samples(d / "moments.jsonl", [d / "clip_features"], d / "clip_text_features")

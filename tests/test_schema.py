@@ -89,7 +89,7 @@ def test_unlabelled_queries_need_labelled_false(tmp_path):
     _write_lines(path, [{"qid": 1, "query": "a dog runs", "vid": "v1", "duration": 30},
                         {"qid": 2, "query": "a cat sits", "vid": "v2", "duration": 30, "relevant_windows": []},
                         {"qid": 3, "query": "a bird", "vid": "v3", "duration": 30, "relevant_windows": [[1, 2]]}])
-    with pytest.raises(SchemaError, match=r"^missing, \S*hidden_test.jsonl:1:relevant_windows$"):
+    with pytest.raises(SchemaError, match=r"^no window \(an unlabelled.*, \S*hidden_test.jsonl:1:relevant_windows$"):
         read_moments(path)
     records = read_moments(path, labelled=False)
     assert [r.labelled for r in records] == [False, False, True] and records[0].relevant_windows == []
@@ -114,3 +114,19 @@ def test_repeated_ids_name_the_file_line_of_the_repeat(tmp_path):
     with pytest.raises(SchemaError) as err:
         read_captions(path)
     assert str(err.value) == f"vid 'v1' given twice (first on line 2), {path}:4:vid"
+
+
+def test_unlabelled_split_message_speaks_to_the_user_and_extraction_reads_it(tmp_path):
+    """Issue 18 (audit): the error named a Python argument ("read with labelled=False"), and `c2f features
+    --dataset-dir` refused an exported folder holding a hidden (unlabelled) test split."""
+    import json
+
+    from c2f_lib.data.schema import SchemaError, read_moments
+    from c2f_lib.features.extract import dataset_annotations
+
+    path = tmp_path / "moments_test.jsonl"
+    path.write_text(json.dumps({"qid": 1, "query": "a man cooks", "vid": "v1", "duration": 30.0}) + "\n")
+    with pytest.raises(SchemaError) as err:
+        read_moments(path)
+    assert "labelled=" not in str(err.value) and "hidden test set" in str(err.value)
+    assert dataset_annotations(tmp_path) == (["v1"], ["a man cooks"])

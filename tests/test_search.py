@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -334,6 +337,23 @@ def test_cli_index_matches_videos_by_content_and_refuses_bad_input_early(tmp_pat
     line = refused(["search", "a clock", "--index", str(out), "--fine", str(tmp_path / "wide_text.pt"),
                     "--device", "cpu"], "reads text tokens of width 64")
     assert line.startswith("c2f search: ") and line.endswith("wide_text.pt:--fine")
+    # Issue 18 (collisions): a second `c2f index` into a held folder is refused naming the holder; a search
+    # while another process writes the store says so (it used to advise deleting the store)
+    from c2f_lib.pipeline.run_lock import folder_lock
+
+    with folder_lock(out):
+        refused(index, f"in use by process {os.getpid()}")
+    writer = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time; f = h5py.File(sys.argv[1], 'a'); "
+                               "print('open', flush=True); time.sleep(60)", str(out / "features.h5")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        line = refused(["search", "a clock", "--index", str(out), "--device", "cpu"],
+                       "the store is open for writing in another process")
+        assert "delete" not in line and line.endswith("features.h5")
+    finally:
+        writer.kill()
+        writer.wait()
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             c2f(["search", "x", "--index", str(out), "--device", "cuda"])

@@ -96,7 +96,7 @@ def test_metadata_mismatch_is_named(tmp_path):
 def test_corrupt_and_foreign_files_are_named(tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")
-    with pytest.raises(StoreError, match="bad.h5.*not a readable HDF5"):
+    with pytest.raises(StoreError, match="^not a readable HDF5.*, .*bad.h5$"):
         FeatureStore(bad)
     import h5py
     with h5py.File(tmp_path / "foreign.h5", "w") as f:

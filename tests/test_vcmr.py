@@ -60,7 +60,7 @@ def test_evaluate_vcmr_bounds_and_errors(tmp_path):
     write_predictions(path, _records())
     assert read_predictions(path) == _records()
     path.write_text('{"qid": 1, "gt_vid": "a", "ranked_videos": [], "moments": [["a", 1]]}\n')
-    with pytest.raises(VCMRPredictionError, match=r"p.jsonl:1: moments\[0\]"):
+    with pytest.raises(VCMRPredictionError, match=r"^moments\[0\] .*, .*p.jsonl:1$"):
         read_predictions(path)
 
 

@@ -24,6 +24,7 @@ from typing import Callable
 
 from c2f_lib.data.coarse_captions import video_events
 from c2f_lib.data.schema import MomentQuery, VideoCaptions
+from c2f_lib.errors import UserError
 from c2f_lib.progress import progress
 from c2f_lib.utils import atomic_write_json
 
@@ -42,8 +43,8 @@ _NUMBERING = re.compile(r"^\s*(?:[-*•]|\(?\d+[.):]|description\s*\d*\s*[:.-])\
 _RETRY_HTTP = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class LLMCaptionError(RuntimeError):
-    pass
+class LLMCaptionError(UserError, RuntimeError):
+    """The LLM endpoint failed or answered what cannot be used (network, key, model, reply)."""
 
 
 @dataclass
@@ -158,12 +159,12 @@ class ChatClient:
             except urllib.error.HTTPError as err:
                 if err.code not in _RETRY_HTTP or retry == self.cfg.http_retries:
                     detail = err.read()[:300].decode(errors="replace")
-                    raise LLMCaptionError(f"{url}: HTTP {err.code}: {detail}") from None
+                    raise LLMCaptionError(f"HTTP {err.code}: {detail}", url) from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
                 if retry == self.cfg.http_retries:
-                    raise LLMCaptionError(f"{url}: {err}") from None
+                    raise LLMCaptionError(f"{err}", url) from None
             except (KeyError, IndexError, TypeError, json.JSONDecodeError) as err:
-                raise LLMCaptionError(f"{url}: unexpected reply layout ({err!r})") from None
+                raise LLMCaptionError(f"unexpected reply layout ({err!r})", url) from None
             self.sleep(self.cfg.backoff_s * 2 ** retry)
         raise AssertionError("unreachable")
 

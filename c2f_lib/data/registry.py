@@ -27,7 +27,7 @@ from c2f_lib.data.adapters.qvhighlights import load_qvhighlights
 from c2f_lib.data.adapters.retrieval import MSRVTT_TRAIN_LISTS, load_didemo, load_lsmdc, load_msrvtt, load_msvd
 from c2f_lib.data.adapters.tacos import TACOS_CG_FILES, load_tacos, load_tacos_cg
 from c2f_lib.data.schema import VideoCaptions, write_captions, write_moments
-from c2f_lib.errors import UserError
+from c2f_lib.errors import MissingFileError, UserError
 from c2f_lib.paths import RunPaths
 from c2f_lib.utils import atomic_path, atomic_write_json, provenance
 
@@ -277,7 +277,7 @@ def find_videos(name: str, video_dir: str | Path, split: str | None = None,
     file stem). Returns ({vid: path} present, [vid] missing); missing videos are not an error."""
     video_dir = Path(video_dir)
     if not video_dir.is_dir():
-        raise FileNotFoundError(f"{video_dir}: video folder not found")
+        raise MissingFileError("video folder not found", video_dir)
     splits = [split] if split else _available_splits(name, root)
     vids = list(dict.fromkeys(v for s in splits for v in load_split(name, s, root).video_ids))
     index = _index_videos(video_dir)
@@ -370,7 +370,7 @@ def _extract_members(archive: Path, members: tuple[str, ...], folder: Path) -> l
         by_name = {Path(n).name: n for n in zipped.namelist() if not n.endswith("/")}
         for member in members:
             if member not in by_name:
-                raise FileNotFoundError(f"{archive}: expected {member} inside the archive")
+                raise MissingFileError(f"expected {member} inside the archive", archive)
             with atomic_path(folder / member) as tmp, zipped.open(by_name[member]) as src, tmp.open("wb") as dst:
                 shutil.copyfileobj(src, dst)
             written.append(folder / member)

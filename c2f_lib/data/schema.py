@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from c2f_lib.errors import UserError
+from c2f_lib.errors import MissingFileError, UserError
 from c2f_lib.utils import atomic_path
 
 # Tolerance when checking windows against the duration: annotations are often rounded.
@@ -111,13 +111,13 @@ def parse_moment(record: Any, path: str | Path = "<memory>", line: int = 0,
     duration = float(_require(record, "duration", (int, float), where))
     if not math.isfinite(duration) or duration <= 0:
         raise SchemaError(*where, "duration", f"must be a positive number, got {duration}")
-    if labelled or "relevant_windows" in record:
+    if "relevant_windows" in record:
         windows = _require(record, "relevant_windows", (list,), where)
     else:
         windows = []
     if labelled and not windows:
-        raise SchemaError(*where, "relevant_windows", "no window (an unlabelled split? those can only be "
-                                                      "read with labelled=False, for prediction)")
+        raise SchemaError(*where, "relevant_windows", "no window (an unlabelled split, e.g. a benchmark's "
+                                                      "hidden test set? it serves prediction only)")
     for i, window in enumerate(windows):
         if (not isinstance(window, list) or len(window) != 2
                 or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in window)):
@@ -172,7 +172,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     """(line number, decoded record) for every non-blank line; bad JSON names the file and line."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: file not found")
+        raise MissingFileError("file not found", path)
     if path.is_dir():
         raise UserError("is a folder, expected a .jsonl file", path)
     with path.open() as handle:

@@ -36,6 +36,7 @@ from c2f_lib.data import synth_grammar as grammar
 from c2f_lib.data import synth_render as render
 from c2f_lib.data.schema import MomentQuery, VideoCaptions, write_captions, write_moments
 from c2f_lib.data.synth_render import EFFECTS, ActorState, encode_mp4, render_frames
+from c2f_lib.errors import MissingFileError
 from c2f_lib.progress import progress
 from c2f_lib.utils import atomic_write_json, provenance, read_json
 
@@ -468,5 +469,5 @@ def load_meta(out_dir: str | Path) -> dict:
     """meta.json of a generated SynthMoments folder."""
     path = Path(out_dir) / "meta.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no SynthMoments here; run generate_synthmoments first")
+        raise MissingFileError("no SynthMoments here; run generate_synthmoments first", path)
     return read_json(path)

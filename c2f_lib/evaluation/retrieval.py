@@ -116,7 +116,7 @@ def score_split(model: Any, split: CoarseSplit, protocol: str = "correct", chunk
         captions[v].append(i)
     missing = [split.video_ids[v] for v in range(V) if not captions[v]]
     if missing:
-        raise ValueError(f"protocol='reference' needs a caption for every gallery video; "
+        raise ValueError("protocol='reference' needs a caption for every gallery video; "
                          f"none for {missing[:5]}")
     m_index = caption_index_in_video(split.text_to_video)
     sims = torch.empty(len(text), V)

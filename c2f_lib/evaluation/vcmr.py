@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from c2f_lib.errors import MissingFileError, UserError
 from c2f_lib.evaluation.moments import temporal_iou
 from c2f_lib.utils import atomic_path
 
@@ -45,7 +46,7 @@ RECALL_KS = (1, 5, 10, 100)
 IOU_THRESHOLDS = (0.5, 0.7)
 
 
-class VCMRPredictionError(ValueError):
+class VCMRPredictionError(UserError, ValueError):
     """A prediction file or record that does not fit the format above or the ground truth."""
 
 
@@ -53,21 +54,21 @@ class VCMRPredictionError(ValueError):
 def validate_record(record: Any, where: str = "<memory>") -> dict:
     """Check one prediction record; return it unchanged (raises naming `where` and the field)."""
     if not isinstance(record, dict):
-        raise VCMRPredictionError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise VCMRPredictionError(f"expected a JSON object, got {type(record).__name__}", where)
     for key in ("qid", "gt_vid", "ranked_videos", "moments"):
         if key not in record:
-            raise VCMRPredictionError(f"{where}: missing field '{key}'")
+            raise VCMRPredictionError(f"missing field '{key}'", where)
     for i, row in enumerate(record["ranked_videos"]):
         if not (isinstance(row, (list, tuple)) and len(row) == 2 and isinstance(row[0], str)):
-            raise VCMRPredictionError(f"{where}: ranked_videos[{i}] must be [vid, score], got {row!r}")
+            raise VCMRPredictionError(f"ranked_videos[{i}] must be [vid, score], got {row!r}", where)
     for i, row in enumerate(record["moments"]):
         if not (isinstance(row, (list, tuple)) and len(row) == 4 and isinstance(row[0], str)):
-            raise VCMRPredictionError(f"{where}: moments[{i}] must be [vid, start, end, score], got {row!r}")
+            raise VCMRPredictionError(f"moments[{i}] must be [vid, start, end, score], got {row!r}", where)
     if not isinstance(record.get("coarse_query", ""), str):
-        raise VCMRPredictionError(f"{where}: coarse_query must be a string, got {record['coarse_query']!r}")
+        raise VCMRPredictionError(f"coarse_query must be a string, got {record['coarse_query']!r}", where)
     for i, row in enumerate(record.get("gt_moments") or []):
         if not (isinstance(row, (list, tuple)) and len(row) == 3):
-            raise VCMRPredictionError(f"{where}: gt_moments[{i}] must be [start, end, score], got {row!r}")
+            raise VCMRPredictionError(f"gt_moments[{i}] must be [start, end, score], got {row!r}", where)
     return record
 
 
@@ -81,7 +82,7 @@ def write_predictions(path: str | Path, records: Iterable[dict]) -> None:
 def read_predictions(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: prediction file not found")
+        raise MissingFileError("prediction file not found", path)
     records = []
     for line_no, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -89,7 +90,7 @@ def read_predictions(path: str | Path) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise VCMRPredictionError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+            raise VCMRPredictionError(f"not valid JSON ({err.msg})", path, line_no) from None
         records.append(validate_record(record, f"{path}:{line_no}"))
     return records
 

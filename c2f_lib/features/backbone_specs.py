@@ -17,10 +17,10 @@ def _cached_tiny_clips() -> str:
     from c2f_lib.paths import DEFAULT_CACHE_DIR
 
     found = sorted(DEFAULT_CACHE_DIR.glob("tinyclip-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    run_copy = "a pipeline run keeps its own as <run-dir>/features/tinyclip.pt (e.g. outputs/default/features/tinyclip.pt)"
     if not found:
-        return f"a pipeline run caches it as {DEFAULT_CACHE_DIR}/tinyclip-<hash>.pt; none is there now"
-    return (f"a pipeline run caches it in {DEFAULT_CACHE_DIR}; the newest is {found[0].name}, and a run's "
-            f"feature store names its own as the weights field")
+        return f"{run_copy} and caches it as {DEFAULT_CACHE_DIR}/tinyclip-<hash>.pt"
+    return f"{run_copy}; the newest cached one is {DEFAULT_CACHE_DIR / found[0].name}"
 
 
 def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32",
@@ -30,7 +30,7 @@ def load_backbone(spec: str, device: str = "cpu", precision: str = "fp32",
     if spec == "tinyclip" or spec.startswith("tinyclip:"):
         checkpoint = spec.partition(":")[2] or None
         if checkpoint is None and dataset_dir is None:
-            raise BackboneError(f"backbone 'tinyclip' is trained on a dataset, so it needs its checkpoint here: "
+            raise BackboneError("backbone 'tinyclip' is trained on a dataset, so it needs its checkpoint here: "
                                 f"tinyclip:PATH ({_cached_tiny_clips()})")
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise BackboneError("tiny CLIP checkpoint not found", checkpoint)

@@ -96,7 +96,7 @@ class _DecordReader:
             del probe
         self._vr = decord.VideoReader(str(path), width=width, height=height, num_threads=1)
         if len(self._vr) == 0:
-            raise VideoDecodeError(f"{path}: no video frames")
+            raise VideoDecodeError("no video frames", path)
         stamps = self._vr.get_frame_timestamp(np.arange(len(self._vr)))  # [T, 2] start, end seconds
         self.timestamps = stamps[:, 0] - stamps[0, 0]
         self.duration = float(stamps[-1, 1] - stamps[0, 0])
@@ -115,11 +115,11 @@ class _PyAVReader:
         self._path, self._short_side = path, short_side
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise VideoDecodeError(f"{path}: no video stream")
+                raise VideoDecodeError("no video stream", path)
             stream = container.streams.video[0]
             pts = [p.pts for p in container.demux(stream) if p.pts is not None and p.size > 0]
             if not pts:
-                raise VideoDecodeError(f"{path}: no video packets")
+                raise VideoDecodeError("no video packets", path)
             base = float(stream.time_base)
             rate = float(stream.average_rate or stream.guessed_rate or 25)
         pts = np.sort(np.asarray(pts, dtype=np.float64))  # presentation order
@@ -146,7 +146,7 @@ class _PyAVReader:
             except av.error.FFmpegError:  # a damaged packet: the frames after it do not decode
                 self.num_decodable = index + 1
         if not kept:
-            raise VideoDecodeError(f"{self._path}: no frame decodes")
+            raise VideoDecodeError("no frame decodes", self._path)
         # Fewer frames decoded than the container listed: use the last frame that exists.
         last_ok = max(kept)
         actual = np.array([i if i in kept else last_ok for i in map(int, indices)], dtype=np.int64)
@@ -167,7 +167,7 @@ def open_video(path: str | Path, backend: Backend = "auto", short_side: int | No
     """A reader with `.timestamps` [T], `.duration` and `.get(indices) -> (frames, indices)`."""
     path = Path(path)
     if not path.is_file():
-        raise VideoDecodeError(f"{path}: file not found")
+        raise VideoDecodeError("file not found", path)
     errors = []
     for name in (["decord", "pyav"] if backend == "auto" else [backend]):
         reader_cls = {"decord": _DecordReader, "pyav": _PyAVReader}.get(name)
@@ -181,7 +181,7 @@ def open_video(path: str | Path, backend: Backend = "auto", short_side: int | No
             errors.append(f"{name}: {err}")
         except Exception as err:  # decord raises DECORDError, PyAV its own error tree
             errors.append(f"{name}: {type(err).__name__}: {err}")
-    raise VideoDecodeError(f"{path}: cannot decode ({'; '.join(errors)})")
+    raise VideoDecodeError(f"cannot decode ({'; '.join(errors)})", path)
 
 
 def sample_video(path: str | Path, num_frames: int = 12, clip_len: float = 2.0, frames_per_clip: int = 1,
@@ -217,7 +217,7 @@ def _sample(reader, path, num_frames: int, clip_len: float, frames_per_clip: int
         except VideoDecodeError:
             raise
         except Exception as err:  # a file that opens but breaks mid-stream
-            raise VideoDecodeError(f"{path}: decoding failed ({type(err).__name__}: {err})") from None
+            raise VideoDecodeError(f"decoding failed ({type(err).__name__}: {err})", path) from None
         if reader.num_decodable == total:
             break
     pick_rows, clip_rows = np.searchsorted(union, picks), np.searchsorted(union, per_clip)

@@ -26,6 +26,7 @@ from c2f_lib.features.store import StoreMeta, failures_path, read_failures
 from c2f_lib.features.store_writer import FeatureStoreWriter
 from c2f_lib.progress import progress
 from c2f_lib.amp import Precision, check_amp
+from c2f_lib.errors import MissingFileError
 from c2f_lib.utils import atomic_write_json
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
@@ -55,11 +56,11 @@ def dataset_annotations(dataset_dir: str | Path, splits: list[str] | None = None
     if splits is not None:
         files = [f for f in files if f.stem.split("_", 1)[1] in splits]
     if not files:
-        raise FileNotFoundError(f"{dataset_dir}: no moments_<split>.jsonl or captions_<split>.jsonl files")
+        raise MissingFileError("no moments_<split>.jsonl or captions_<split>.jsonl files", dataset_dir)
     vids, texts = {}, {}
     for path in files:
         if path.name.startswith("moments_"):
-            for r in read_moments(path):
+            for r in read_moments(path, labelled=False):     # a hidden test split's videos are extracted too
                 vids[r.vid] = texts[r.query] = None
         else:
             for r in read_captions(path):
@@ -72,7 +73,7 @@ def find_video(video_dir: Path, vid: str) -> Path:
     for ext in VIDEO_EXTENSIONS:
         if (video_dir / f"{vid}{ext}").is_file():
             return video_dir / f"{vid}{ext}"
-    raise VideoDecodeError(f"{video_dir / vid}.*: no video file ({', '.join(VIDEO_EXTENSIONS)})")
+    raise VideoDecodeError(f"no video file ({', '.join(VIDEO_EXTENSIONS)})", f"{video_dir / vid}.*")
 
 
 class _VideoDataset(torch.utils.data.Dataset):
@@ -227,16 +228,16 @@ def merge_shards(dataset_dir: str | Path, out: str | Path, count: int, splits: l
         if not path.exists():
             unfinished = path.with_name(path.name + ".partial").exists()
             state = "not finished (a .partial file is there)" if unfinished else "missing"
-            raise FileNotFoundError(f"{path}: shard {state}; run `c2f features ... --shard "
-                                    f"{shards.index(path)}/{count}` (it resumes)")
+            raise MissingFileError(f"shard {state}; run `c2f features ... --shard "
+                                    f"{shards.index(path)}/{count}` (it resumes)", path)
     stores = [FeatureStore(p) for p in shards]
     try:
         meta = stores[0].meta
         for store in stores[1:]:
             problems = store.meta.mismatches(meta)
             if problems:
-                raise StoreError(f"{store.path}: built with other settings than {shards[0]} "
-                                 f"({'; '.join(problems)})")
+                raise StoreError(f"built with other settings than {shards[0]} "
+                                 f"({'; '.join(problems)})", store.path)
         failures: dict[str, str] = {}
         for path in shards:
             failures.update(read_failures(path))
@@ -245,8 +246,8 @@ def merge_shards(dataset_dir: str | Path, out: str | Path, count: int, splits: l
         absent_texts = [t for t in texts if not any(s.has_text(t) for s in stores)]
         if missing or absent_texts:
             first = f"video {missing[0]!r}" if missing else f"text {absent_texts[0]!r}"
-            raise StoreError(f"{out}: the {count} shards lack {len(missing)} videos and {len(absent_texts)} texts "
-                             f"(first: {first}); were they extracted from this dataset with the same --splits?")
+            raise StoreError(f"the {count} shards lack {len(missing)} videos and {len(absent_texts)} texts "
+                             f"(first: {first}); were they extracted from this dataset with the same --splits?", out)
         summary = {"videos": len(vids), "texts": len(texts), "merged_videos": 0, "merged_texts": 0}
         with FeatureStoreWriter(out, meta) as writer:
             for vid in vids:

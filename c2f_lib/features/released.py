@@ -37,13 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from c2f_lib.data.schema import read_moments
+from c2f_lib.errors import MissingFileError, UserError
 from c2f_lib.features.store_bundles import saliency_target
 from c2f_lib.features.types import MomentSample
 
 H5_SUFFIXES = (".h5", ".hdf5")
 
 
-class ReleasedFeatureError(ValueError):
+class ReleasedFeatureError(UserError, ValueError):
     """A released feature file that exists but does not have the layout it should."""
 
 
@@ -72,14 +73,14 @@ class FeatureSource:
         if self.path.is_dir():
             return
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: feature folder / HDF5 file not found")
+            raise MissingFileError("feature folder / HDF5 file not found", self.path)
         if self.path.suffix.lower() not in H5_SUFFIXES:
-            raise ReleasedFeatureError(f"{self.path}: expected a folder of .npz files or an "
-                                       f"HDF5 file ({', '.join(H5_SUFFIXES)})")
+            raise ReleasedFeatureError("expected a folder of .npz files or an "
+                                       f"HDF5 file ({', '.join(H5_SUFFIXES)})", self.path)
         try:
             self._h5 = stack.enter_context(h5py.File(self.path, "r"))
         except OSError as err:
-            raise ReleasedFeatureError(f"{self.path}: not a readable HDF5 file ({err})") from None
+            raise ReleasedFeatureError(f"not a readable HDF5 file ({err})", self.path) from None
 
     def where(self, name: str) -> str:
         return f"{self.path}[{name!r}]" if self._h5 is not None else str(self.path / f"{name}.npz")
@@ -88,10 +89,10 @@ class FeatureSource:
         array = self._read_h5(name) if self._h5 is not None else self._read_npz(name)
         if array.ndim != 2:
             hint = " (a pooled sentence vector? the fine stage needs per-token features)" if array.ndim == 1 else ""
-            raise ReleasedFeatureError(f"{self.where(name)}: expected a 2-D [rows, dim] array, "
-                                       f"got shape {array.shape}{hint}")
+            raise ReleasedFeatureError("expected a 2-D [rows, dim] array, "
+                                       f"got shape {array.shape}{hint}", self.where(name))
         if array.shape[0] == 0:
-            raise ReleasedFeatureError(f"{self.where(name)}: holds no rows")
+            raise ReleasedFeatureError("holds no rows", self.where(name))
         return array.astype(np.float32)
 
     def _read_npz(self, name: str) -> np.ndarray:
@@ -101,12 +102,12 @@ class FeatureSource:
         try:
             with np.load(path, allow_pickle=False) as npz:
                 if self.key not in npz.files:
-                    raise ReleasedFeatureError(f"{path}: no key {self.key!r} (keys: {sorted(npz.files)})")
+                    raise ReleasedFeatureError(f"no key {self.key!r} (keys: {sorted(npz.files)})", path)
                 return npz[self.key]
         except (OSError, ValueError, zipfile.BadZipFile) as err:
             if isinstance(err, ReleasedFeatureError):
                 raise
-            raise ReleasedFeatureError(f"{path}: not a readable npz file ({err})") from None
+            raise ReleasedFeatureError(f"not a readable npz file ({err})", path) from None
 
     def _read_h5(self, name: str) -> np.ndarray:
         assert self._h5 is not None
@@ -115,13 +116,13 @@ class FeatureSource:
         node = self._h5[name]
         if isinstance(node, h5py.Group):
             if self.key not in node:
-                raise ReleasedFeatureError(f"{self.where(name)}: group without key {self.key!r} "
-                                           f"(keys: {sorted(node)})")
+                raise ReleasedFeatureError(f"group without key {self.key!r} "
+                                           f"(keys: {sorted(node)})", self.where(name))
             node = node[self.key]
         try:
             return node[()]
         except OSError as err:
-            raise ReleasedFeatureError(f"{self.where(name)}: unreadable ({err})") from None
+            raise ReleasedFeatureError(f"unreadable ({err})", self.where(name)) from None
 
 
 def _l2(x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +148,7 @@ def _check_dim(what: str, where: str, tensor: torch.Tensor, seen: dict[str, tupl
     dim = tensor.shape[1]
     first = seen.setdefault(what, (dim, where))
     if first[0] != dim:
-        raise ReleasedFeatureError(f"{where}: {what} dimension {dim} differs from {first[0]} in {first[1]}")
+        raise ReleasedFeatureError(f"{what} dimension {dim} differs from {first[0]} in {first[1]}", where)
 
 
 def load_released_moment_samples(moments_jsonl: str | Path, video_sources: Sequence[str | Path],

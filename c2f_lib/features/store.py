@@ -49,7 +49,7 @@ import h5py
 import numpy as np
 import torch
 
-from c2f_lib.errors import UserError
+from c2f_lib.errors import MissingFileError, UserError
 from c2f_lib.features.motion import append_motion
 
 FORMAT = "c2f-feature-store/2"
@@ -95,7 +95,7 @@ class StoreMeta:
                 raise ValueError(f"unknown metadata keys {unknown}")
             return cls(**raw)
         except (ValueError, TypeError) as err:
-            raise StoreError(f"{where}: unreadable store metadata ({err})") from None
+            raise StoreError(f"unreadable store metadata ({err})", where) from None
 
     def mismatches(self, other: "StoreMeta") -> list[str]:
         """Fields that differ, as 'name: stored != requested' (dims and vocab_size of 0 mean 'not fixed')."""
@@ -142,23 +142,25 @@ def read_failures(store_path: str | Path) -> dict[str, str]:
     try:
         return {row["vid"]: row["reason"] for row in json.loads(path.read_text())}
     except (ValueError, KeyError, TypeError) as err:
-        raise StoreError(f"{path}: unreadable failures list ({err})") from None
+        raise StoreError(f"unreadable failures list ({err})", path) from None
 
 
 def open_h5(path: Path, mode: str) -> h5py.File:
     try:
         handle = h5py.File(path, mode)
     except OSError as err:
-        raise StoreError(f"{path}: not a readable HDF5 feature store ({err}); "
-                         f"delete it to extract again") from None
+        if "lock" in str(err).lower():   # HDF5 file locking: another process has it open for writing
+            raise StoreError("the store is open for writing in another process (a running `c2f features` or "
+                             "`c2f index`); wait for it to finish", path) from None
+        raise StoreError(f"not a readable HDF5 feature store ({err}); delete it to extract again", path) from None
     return handle
 
 
 def read_meta(handle: h5py.File, path: Path) -> StoreMeta:
     fmt = handle.attrs.get("format")
     if fmt not in READABLE_FORMATS:
-        raise StoreError(f"{path}: not a c2f feature store this code reads (format attribute {fmt!r}, "
-                         f"expected one of {READABLE_FORMATS})")
+        raise StoreError(f"not a c2f feature store this code reads (format attribute {fmt!r}, "
+                         f"expected one of {READABLE_FORMATS})", path)
     return StoreMeta.from_json(handle.attrs["meta"], path)
 
 
@@ -211,15 +213,15 @@ class FeatureStore:
     def __init__(self, path: str | Path, expect: StoreMeta | None = None):
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: feature store not found (run `c2f features` first)")
+            raise MissingFileError("feature store not found (run `c2f features` first)", self.path)
         self._h5 = open_h5(self.path, "r")
         try:
             self.meta = read_meta(self._h5, self.path)
             if expect is not None:
                 problems = self.meta.mismatches(expect)
                 if problems:
-                    raise StoreError(f"{self.path}: built with other settings ({'; '.join(problems)}); "
-                                     f"use another --out or delete it")
+                    raise StoreError(f"built with other settings ({'; '.join(problems)}); "
+                                     f"use another --out or delete it", self.path)
             self._videos = complete_names(self._h5.get("videos"))
             self._texts = complete_names(self._h5.get("texts"))  # format-1 groups
             self._table = TextRows.read(self._h5)
@@ -251,7 +253,7 @@ class FeatureStore:
             try:
                 value = self._table.read_item(self._h5, text_key(name), item)
             except OSError as err:
-                raise StoreError(f"{self.path}: {TEXT_TABLE}/{item} is corrupt ({err})") from None
+                raise StoreError(f"{TEXT_TABLE}/{item} is corrupt ({err})", self.path) from None
             if value is None:
                 raise KeyError(f"{self.path}: text {name!r} has no '{item}' features")
             return value
@@ -264,7 +266,7 @@ class FeatureStore:
         try:
             return node[item][()]
         except OSError as err:
-            raise StoreError(f"{self.path}: {kind}s/{key}/{item} is corrupt ({err})") from None
+            raise StoreError(f"{kind}s/{key}/{item} is corrupt ({err})", self.path) from None
 
     def frames(self, vid: str) -> np.ndarray:            # [N, D] fp16
         return self._array("video", vid, "frames")
@@ -303,5 +305,5 @@ class FeatureStore:
         try:
             ids = self._table.read_item(self._h5, text_key(text), "token_ids")
         except OSError as err:
-            raise StoreError(f"{self.path}: {TEXT_TABLE}/token_ids is corrupt ({err})") from None
+            raise StoreError(f"{TEXT_TABLE}/token_ids is corrupt ({err})", self.path) from None
         return None if ids is None else ids.astype(np.int64)

@@ -24,8 +24,8 @@ def _usable_videos(store: FeatureStore, vids: list[str], annotation: Path) -> se
     failed = read_failures(store.path)
     unexplained = [v for v in missing if v not in failed]
     if unexplained:
-        raise StoreError(f"{store.path}: {len(unexplained)} video(s) of {annotation} are not in the store "
-                         f"(first: {unexplained[:3]}); extract features for this split first")
+        raise StoreError(f"{len(unexplained)} video(s) of {annotation} are not in the store "
+                         f"(first: {unexplained[:3]}); extract features for this split first", store.path)
     warnings.warn(f"{annotation}: skipping {len(missing)} video(s) that failed to decode "
                   f"(see {failures_path(store.path)}): {missing[:3]}")
     return set(vids) - set(missing)
@@ -41,7 +41,7 @@ def load_coarse_split(store_path: str | Path, captions_jsonl: str | Path) -> Coa
         frames = [store.frames(v) for v in video_ids]
         counts = {f.shape[0] for f in frames}
         if len(counts) > 1:
-            raise StoreError(f"{store.path}: videos hold different numbers of frames {sorted(counts)}")
+            raise StoreError(f"videos hold different numbers of frames {sorted(counts)}", store.path)
         texts, text_to_video = [], []
         for index, record in enumerate(records):
             for caption in record.captions:

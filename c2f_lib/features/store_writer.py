@@ -83,8 +83,8 @@ class FeatureStoreWriter:
         stored = read_meta(handle, where)
         problems = stored.mismatches(self.meta)
         if problems:
-            raise StoreError(f"{where}: built with other settings ({'; '.join(problems)}); "
-                             f"use another output path or delete it")
+            raise StoreError(f"built with other settings ({'; '.join(problems)}); "
+                             f"use another output path or delete it", where)
         # Keep dims learned by an earlier run when the caller did not fix them.
         merged = {f.name: getattr(self.meta, f.name) or getattr(stored, f.name) for f in fields(stored)}
         self.meta = StoreMeta(**merged)
@@ -221,7 +221,7 @@ class FeatureStoreWriter:
                          token_ids: Sequence[Any]) -> list[np.ndarray]:
         """Token ids as int32 arrays, one per text, each as long as that text's token features."""
         if tokens is None or len(token_ids) != len(texts):
-            raise ValueError(f"put_texts: token ids need token features, one id array per text "
+            raise ValueError("put_texts: token ids need token features, one id array per text "
                              f"({len(texts)} texts, {len(token_ids)} id arrays)")
         checked = []
         for text, feats, ids in zip(texts, tokens, token_ids):

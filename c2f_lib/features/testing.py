@@ -273,3 +273,14 @@ def write_tacos_cg_release(folder: str | Path, splits: dict[str, int], sentences
                       "num_frames": num_frames} for c in range(captions_per_video)]
         (folder / f"cg_{split}.json").write_text(json.dumps(rows))
     (folder / "tacos.json").write_text(json.dumps(fine))
+
+
+def write_video_folder(folder: str | Path, vids: Iterable[str], num_frames: int = 6, fps: float = 10.0,
+                       size: int = 64) -> Path:
+    """`<folder>/<vid>.mp4` numbered videos (write_numbered_video), one more frame per video so their
+    uniformly sampled frames differ: a raw-video tree for end-to-end tests (e.g. with write_msrvtt_release)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, vid in enumerate(vids):
+        write_numbered_video(folder / f"{vid}.mp4", num_frames + i, fps=fps, size=size)
+    return folder

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from c2f_lib.data.schema import read_moments
+from c2f_lib.errors import MissingFileError
 from c2f_lib.features.backbones import Backbone, BackboneError
 from c2f_lib.features.decode import sample_video
 from c2f_lib.paths import DEFAULT_CACHE_DIR
@@ -315,7 +316,7 @@ def training_data_hash(dataset_dir: str | Path) -> str:
     dataset_dir = Path(dataset_dir)
     path = dataset_dir / "moments_train.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: tiny CLIP trains on the train split; generate the dataset first")
+        raise MissingFileError("tiny CLIP trains on the train split; generate the dataset first", path)
     digest = hashlib.sha256(path.read_bytes())
     meta = dataset_dir / "meta.json"
     if meta.exists():  # SynthMoments records its generator fingerprint here

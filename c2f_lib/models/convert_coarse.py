@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from c2f_lib.errors import MissingFileError
 from c2f_lib.models.tmass import TMASS, TMASSConfig
 from c2f_lib.models.xpool import XPool, XPoolConfig
 
@@ -36,7 +37,7 @@ def read_reference_state(source: str | Path | dict[str, Any]) -> dict[str, torch
     else:
         path = Path(source)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: checkpoint not found")
+            raise MissingFileError("checkpoint not found", path)
         payload = torch.load(path, map_location="cpu", weights_only=False)
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not any(k.split(".")[-1] in ("weight", "bias") for k in state):

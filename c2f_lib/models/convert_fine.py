@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from c2f_lib.errors import MissingFileError
 from c2f_lib.models.fine_presets import FineLossWeights
 from c2f_lib.models.registry import build_model
 
@@ -250,7 +251,7 @@ def read_reference_payload(path: str | Path) -> tuple[dict[str, torch.Tensor], d
     """(state dict, opt as a dict, epoch) of an official checkpoint file."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise MissingFileError("checkpoint not found", path)
     try:  # `opt` is an argparse.Namespace holding a torch.device: not loadable with weights_only
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:

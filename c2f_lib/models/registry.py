@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from c2f_lib.errors import MissingFileError
 from c2f_lib.utils import atomic_path
 
 _REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}
@@ -66,7 +67,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, 
     """Rebuild a model from ``save_model``'s checkpoint; returns (model in eval mode, extra)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise MissingFileError("checkpoint not found", path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # a truncated or foreign file

@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 import torch
 
+from c2f_lib.errors import MissingFileError
 from c2f_lib.utils import atomic_path, atomic_write_json, read_json
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
@@ -106,7 +107,7 @@ class CorpusIndex:
         folder = Path(folder)
         for name in ("index.faiss", "index.json"):
             if not (folder / name).exists():
-                raise FileNotFoundError(f"{folder / name}: not found (build the index with `c2f index`)")
+                raise MissingFileError("not found (build the index with `c2f index`)", folder / name)
         meta = read_json(folder / "index.json")
         try:
             index = faiss.read_index(str(folder / "index.faiss"))

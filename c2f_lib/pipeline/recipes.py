@@ -10,6 +10,9 @@ and the numbers it should reproduce. Running one:
    * stage `fine`: a released layout (Moment-DETR/QD-DETR npz folders or MESM HDF5 files) read by
      `features.released.load_released_moment_samples`;
    * stage `coarse` / `textdiff`: a feature store made by `c2f features` (frozen CLIP frames);
+   * stage `coarse` with `features.mode: end_to_end`: the raw videos (`features.video_dir`) and the
+     pretrained CLIP (`features.backbone`), fine-tuned with the head as the papers do
+     (training.end_to_end: frames decoded lazily, CLIP at `clip_lr`);
 3. trains every model (resumable, checkpoints reused when their settings are unchanged), evaluates it,
    and writes `<run-dir>/metrics/repro_<recipe>.json` with each metric beside its published target.
 
@@ -37,6 +40,8 @@ REQUIRED = ("recipe", "stage", "dataset", "splits", "features", "models", "train
 # a `vcmr` recipe names a coarse and a fine recipe (paths relative to it) and how to search with them
 REQUIRED_VCMR = ("recipe", "stage", "dataset", "splits", "coarse", "fine", "search")
 CAPTION_SOURCES = ("native", "offline")   # the dataset's own whole-video captions, or generated from moments
+FEATURE_MODES = ("store", "end_to_end")   # coarse: frozen features of a store, or CLIP fine-tuned on raw videos
+END_TO_END_KEYS = ("backbone", "video_dir")
 
 
 class RecipeError(UserError, ValueError):
@@ -123,6 +128,7 @@ def recipe_configs(recipe: dict, device: str = "cpu", dims: dict[str, int] | Non
     else:
         from c2f_lib.training.coarse_presets import preset
 
+        _feature_mode(recipe)
         base = preset(recipe["train"].get("preset", recipe["dataset"]))
         train_fields = {k: v for k, v in recipe["train"].items() if k != "preset"}
         for name, spec in recipe["models"].items():
@@ -135,6 +141,22 @@ def recipe_configs(recipe: dict, device: str = "cpu", dims: dict[str, int] | Non
             train = base.train_config(**{**train_fields, **spec.get("train", {}), "device": device})
             out[name] = (spec["registry"], config, train)
     return out
+
+
+def _feature_mode(recipe: dict) -> str:
+    """"store" or "end_to_end", checked (end to end: coarse stage, backbone and video folder named)."""
+    feats = recipe["features"]
+    mode = feats.get("mode", "store")
+    if mode not in FEATURE_MODES:
+        raise RecipeError(f"features.mode must be one of {FEATURE_MODES}, got {mode!r}", recipe.get("_path"))
+    if mode == "end_to_end":
+        if recipe["stage"] != "coarse":
+            raise RecipeError(f"features.mode end_to_end is for stage coarse, not {recipe['stage']}",
+                              recipe.get("_path"))
+        missing = [k for k in END_TO_END_KEYS if k not in feats]
+        if missing:
+            raise RecipeError(f"features.mode end_to_end needs features.{missing[0]}", recipe.get("_path"))
+    return mode
 
 
 def _textdiff_config(recipe: dict, spec: dict, base, dims: dict[str, int], device: str):
@@ -228,29 +250,40 @@ def _holdout(spec: dict, n_videos: int) -> int:
 
 
 def _subset(split, video_ids: list[str]):
-    """The CoarseSplit restricted to `video_ids` (their captions only)."""
+    """The CoarseSplit (or end-to-end FrameSplit) restricted to `video_ids` (their captions only)."""
     import torch
 
     from c2f_lib.features.types import CoarseSplit
+    from c2f_lib.training.coarse import FrameSplit
 
     index = {v: i for i, v in enumerate(split.video_ids)}
     keep = torch.tensor([index[v] for v in video_ids], dtype=torch.long)
     remap = torch.full((len(split.video_ids),), -1, dtype=torch.long)
     remap[keep] = torch.arange(len(keep))
     texts = (remap[split.text_to_video] >= 0).nonzero().flatten()
-    return CoarseSplit(list(video_ids), split.frames[keep], [split.texts[i] for i in texts.tolist()],
-                       split.text_emb[texts], remap[split.text_to_video[texts]])
+    captions, text_to_video = [split.texts[i] for i in texts.tolist()], remap[split.text_to_video[texts]]
+    if isinstance(split, FrameSplit):     # lazy frames: pick the files, decode nothing
+        frames = split.frames.subset(keep) if hasattr(split.frames, "subset") else split.frames[keep]
+        return FrameSplit(list(video_ids), frames, captions, split.text_tokens[texts], text_to_video)
+    return CoarseSplit(list(video_ids), split.frames[keep], captions, split.text_emb[texts], text_to_video)
 
 
-def load_coarse_splits(recipe: dict, run_dir: Path, features_root: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(training split, selection split, {eval split: split}): CoarseSplits of the store; `splits.val` as in
-    `load_fine_splits` (held-out videos take their captions with them)."""
+def load_coarse_splits(recipe: dict, run_dir: Path, features_root: Path, clip=None
+                       ) -> tuple[Any, Any, dict[str, Any]]:
+    """(training split, selection split, {eval split: split}): CoarseSplits of the store, or with
+    `features.mode: end_to_end` FrameSplits of the raw videos (lazy frames, captions tokenised by `clip`, a
+    training.end_to_end.ClipSource); `splits.val` as in `load_fine_splits` (held-out videos take their
+    captions with them)."""
     from c2f_lib.features.store_bundles import load_coarse_split
     from c2f_lib.paths import RunPaths
 
     paths, dataset = RunPaths(run_dir), recipe["dataset"]
-    store = _feature_path(features_root, recipe["features"]["store"])
-    loaded = {s: load_coarse_split(store, paths.captions_file(dataset, s)) for s in _splits(recipe)}
+    if _feature_mode(recipe) == "end_to_end":
+        loaded = {s: _load_frame_split(recipe, paths.captions_file(dataset, s), features_root, clip)
+                  for s in _splits(recipe)}
+    else:
+        store = _feature_path(features_root, recipe["features"]["store"])
+        loaded = {s: load_coarse_split(store, paths.captions_file(dataset, s)) for s in _splits(recipe)}
     splits = recipe["splits"]
     fit = loaded[splits["train"]]
     if isinstance(splits["val"], str):
@@ -260,6 +293,15 @@ def load_coarse_splits(recipe: dict, run_dir: Path, features_root: Path) -> tupl
         held = _holdout(splits["val"], len(vids))
         fit, select = _subset(fit, vids[:-held]), _subset(fit, vids[-held:])
     return fit, select, {name: loaded[name] for name in splits["eval"]}
+
+
+def _load_frame_split(recipe: dict, captions: Path, features_root: Path, clip):
+    from c2f_lib.training.end_to_end import load_frame_split
+
+    feats = recipe["features"]
+    options = {k: feats[k] for k in ("backend", "decode_threads", "cache_videos") if k in feats}
+    return load_frame_split(captions, _feature_path(features_root, feats["video_dir"]), clip.tokenizer,
+                            int(feats.get("num_frames", 12)), clip.image_size, clip.mean, clip.std, **options)
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -297,14 +339,20 @@ def train_coarse_recipe(recipe: dict, run_dir: Path, device: str, features_root:
     from c2f_lib.paths import RunPaths
 
     ckpts = RunPaths(run_dir).checkpoints("repro") / recipe["recipe"]
-    fit, select, evals = load_coarse_splits(recipe, run_dir, features_root)
-    frames = fit.frames                                              # [V, F, D]
-    dims = {"dim": int(frames.shape[2]), "num_frames": int(frames.shape[1])}
+    clip = None
+    if _feature_mode(recipe) == "end_to_end":        # the pretrained CLIP: tokenises, and every model starts from it
+        from c2f_lib.training.end_to_end import load_clip
+
+        clip = load_clip(recipe["features"]["backbone"])
+    fit, select, evals = load_coarse_splits(recipe, run_dir, features_root, clip)
+    frames = fit.frames                                              # [V, F, D] (end to end: [V, F, 3, S, S])
+    dims = {"dim": int(clip.embed_dim if clip else frames.shape[2]), "num_frames": int(frames.shape[1])}
     chunk = recipe.get("eval", {}).get("chunk_size", 16)
     protocols = recipe.get("eval", {}).get("protocols", ["correct"])
     models, results = {}, {}
     for name, (registry, config, train_cfg) in recipe_configs(recipe, device, dims).items():
-        models[name] = _train_coarse_model(registry, config, train_cfg, fit, select, ckpts / name)
+        models[name] = _train_coarse_model(registry, config, train_cfg, fit, select, ckpts / name, clip,
+                                           int(recipe["features"].get("encode_batch_size", 64)))
         results[name] = {s: {f"{protocol}/{k}" if protocol != "correct" else k: v
                              for protocol in protocols
                              for k, v in evaluate_retrieval(models[name], split, protocol, chunk).items()}
@@ -339,7 +387,14 @@ def run_recipe(path: str | Path, run_dir: str | Path, device: str = "auto", feat
     return summary
 
 
-def _train_coarse_model(registry: str, config, train_cfg, fit, select, ckpt: Path):
+def _train_coarse_model(registry: str, config, train_cfg, fit, select, ckpt: Path, clip=None,
+                        encode_batch_size: int = 64):
+    if clip is not None:      # end to end: the head on fine-tuned copies of the CLIP towers
+        from c2f_lib.training.end_to_end import train_or_load_end_to_end
+
+        model, _ = train_or_load_end_to_end(registry, config, clip, fit, select, train_cfg, ckpt.with_suffix(".pt"),
+                                            encode_batch_size)
+        return model
     if registry == "textdiff":
         from c2f_lib.training.textdiff import train_textdiff
 

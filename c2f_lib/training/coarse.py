@@ -41,7 +41,7 @@ from c2f_lib.progress import progress
 from c2f_lib.distributed import is_distributed, local_slice, mean_over_ranks, rank_and_world
 from c2f_lib.amp import Precision, check_amp
 from c2f_lib.training.schedule import make_optimizer, make_scheduler
-from c2f_lib.utils import atomic_path, provenance, resolve_device
+from c2f_lib.utils import atomic_path, model_device, provenance, resolve_device
 
 
 @dataclass
@@ -86,7 +86,7 @@ class FrameSplit:
     """Raw inputs for end-to-end training: tokenised captions and decoded, normalised frames."""
 
     video_ids: list[str]
-    frames: torch.Tensor            # [V, F, 3, H, W] float
+    frames: torch.Tensor            # [V, F, 3, H, W] float, or lazy (training.end_to_end.VideoFrames)
     texts: list[str]
     text_tokens: torch.Tensor       # [T, L] long token ids
     text_to_video: torch.Tensor     # [T] long
@@ -117,7 +117,10 @@ class EndToEndRetriever(nn.Module):
     forward = training_loss
 
     def _encode(self, encoder: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        return torch.cat([encoder(inputs[i:i + self.encode_batch_size])
+        # chunk by chunk onto the model's device: `inputs` may be lazy frames (training.end_to_end.VideoFrames)
+        # that decode each slice on the CPU, never the whole gallery at once
+        device = model_device(self)
+        return torch.cat([encoder(inputs[i:i + self.encode_batch_size].to(device))
                           for i in range(0, len(inputs), self.encode_batch_size)])
 
     def score(self, text_tokens: torch.Tensor, frames: torch.Tensor, chunk_size: int = 16,

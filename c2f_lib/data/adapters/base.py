@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from c2f_lib.data.schema import MomentQuery, VideoCaptions, parse_captions, parse_moment
-from c2f_lib.errors import UserError
+from c2f_lib.errors import MissingFileError, UserError
 
 
 class DatasetFormatError(UserError, ValueError):
@@ -137,7 +137,7 @@ def moments_from_sentences(path: Path, vid: str, duration: float, windows: list,
 
 def need_file(path: Path) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found (see `c2f data download`)")
+        raise MissingFileError("annotation file not found (see `c2f data download`)", path)
     return path
 
 

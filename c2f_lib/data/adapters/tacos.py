@@ -55,7 +55,7 @@ def load_tacos_cg(folder: Path, split: str) -> LoadedSplit:
     by_video: dict[str, list[str]] = defaultdict(list)
     lengths: dict[str, float] = {}
     for i, row in enumerate(rows):
-        expect_keys(cg_path, f"row {i}", row, ("video_id", "summarized_sentence", "num_frames"))
+        expect_keys(cg_path, f"row {i + 1}", row, ("video_id", "summarized_sentence", "num_frames"))
         vid = tacos_vid(row["video_id"])
         caption = row["summarized_sentence"].strip()
         if caption:
