@@ -3,6 +3,7 @@ recipe run end to end (tiny overrides) on miniature released feature trees built
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,14 @@ def test_qvhighlights_qd_detr_recipe_end_to_end(tmp_path, capsys):
     assert "published 62.9" in capsys.readouterr().out
     assert (run / "checkpoints" / "repro" / "qvhighlights_qd_detr" / "qd_detr.pt").stat().st_mtime_ns == stamp
     assert json.loads((run / "metrics" / "repro_qvhighlights_qd_detr.json").read_text())["metrics"] == summary["metrics"]
+    # a recipe into a folder another run holds is refused in one line, naming the holder; so is an export
+    from c2f_lib.run_lock import folder_lock
+
+    with folder_lock(run):
+        assert c2f(args + [f"--set={o}" for o in TINY_FINE]) == 2
+        assert f"c2f repro: in use by process {os.getpid()}" in capsys.readouterr().err
+        assert c2f(["data", "export", "qvhighlights", "--run-dir", str(run), "--root", str(datasets)]) == 2
+        assert f"c2f data export: in use by process {os.getpid()}" in capsys.readouterr().err
     # `c2f run --config <recipe>` runs the same recipe (here the tiny one, written out): nothing to retrain
     tiny = {k: v for k, v in load_recipe(REPO_ROOT / "configs" / "repro" / "qvhighlights_qd_detr.yaml",
                                          TINY_FINE).items() if not k.startswith("_")}

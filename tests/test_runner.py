@@ -17,7 +17,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from conftest import REPO_ROOT
 from c2f_lib.errors import UserError
-from c2f_lib.pipeline.run_lock import FolderBusyError, folder_lock
+from c2f_lib.run_lock import FolderBusyError, folder_lock
 from c2f_lib.pipeline.runner import PipelineError, discover_stages, load_config, resolve_parameters, run_pipeline
 from c2f_lib.pipeline.stage_hash import Library
 from c2f_lib.pipeline.status import run_status

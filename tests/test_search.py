@@ -339,7 +339,7 @@ def test_cli_index_matches_videos_by_content_and_refuses_bad_input_early(tmp_pat
     assert line.startswith("c2f search: ") and line.endswith("wide_text.pt:--fine")
     # Issue 18 (collisions): a second `c2f index` into a held folder is refused naming the holder; a search
     # while another process writes the store says so (it used to advise deleting the store)
-    from c2f_lib.pipeline.run_lock import folder_lock
+    from c2f_lib.run_lock import folder_lock
 
     with folder_lock(out):
         refused(index, f"in use by process {os.getpid()}")

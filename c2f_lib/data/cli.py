@@ -64,7 +64,10 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    target = registry.export_dataset(args.name, args.run_dir, args.root, args.splits, args.coarse_captions)
+    from c2f_lib.run_lock import folder_lock
+
+    with folder_lock(args.run_dir):  # a stage or recipe may be reading this run's data/ now
+        target = registry.export_dataset(args.name, args.run_dir, args.root, args.splits, args.coarse_captions)
     print(f"wrote {target}")
     return 0
 

@@ -364,27 +364,32 @@ def run_recipe(path: str | Path, run_dir: str | Path, device: str = "auto", feat
                datasets_root: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Run one recipe (see the module docstring); returns what it writes to the metrics file."""
     from c2f_lib.paths import RunPaths
+    from c2f_lib.run_lock import folder_lock
     from c2f_lib.utils import atomic_write_json, provenance, resolve_device
 
     recipe = load_recipe(path, overrides)
     device = resolve_device(device)
     run_dir, features_root = Path(run_dir).resolve(), Path(features_root)
     recipe_configs(recipe, device)                      # every config checked before any data is read
+    with folder_lock(run_dir):                          # one recipe (or pipeline run) per folder at a time
+        summary = _run_locked(recipe, run_dir, device, features_root, datasets_root)
+        summary.update(overrides=list(overrides),
+                       provenance=provenance({k: v for k, v in recipe.items() if not k.startswith("_")}))
+        atomic_write_json(RunPaths(run_dir).metrics_file(f"repro_{recipe['recipe']}"), summary)
+    return summary
+
+
+def _run_locked(recipe: dict, run_dir: Path, device: str, features_root: Path,
+                datasets_root: str | Path | None) -> dict:
     if recipe["stage"] == "vcmr":
         from c2f_lib.pipeline.recipe_vcmr import run_vcmr_recipe
 
-        summary = run_vcmr_recipe(recipe, run_dir, device, features_root, datasets_root)
-    else:
-        export_annotations(recipe, run_dir, datasets_root)
-        train = train_fine_recipe if recipe["stage"] == "fine" else train_coarse_recipe
-        _, results, _ = train(recipe, run_dir, device, features_root)
-        summary = {"recipe": recipe["recipe"], "dataset": recipe["dataset"], "device": device,
-                   "metrics": results,
-                   "vs_published": {n: _compare(results[n], t) for n, t in recipe["targets"].items()}}
-    summary.update(overrides=list(overrides),
-                   provenance=provenance({k: v for k, v in recipe.items() if not k.startswith("_")}))
-    atomic_write_json(RunPaths(run_dir).metrics_file(f"repro_{recipe['recipe']}"), summary)
-    return summary
+        return run_vcmr_recipe(recipe, run_dir, device, features_root, datasets_root)
+    export_annotations(recipe, run_dir, datasets_root)
+    train = train_fine_recipe if recipe["stage"] == "fine" else train_coarse_recipe
+    _, results, _ = train(recipe, run_dir, device, features_root)
+    return {"recipe": recipe["recipe"], "dataset": recipe["dataset"], "device": device, "metrics": results,
+            "vs_published": {n: _compare(results[n], t) for n, t in recipe["targets"].items()}}
 
 
 def _train_coarse_model(registry: str, config, train_cfg, fit, select, ckpt: Path, clip=None,

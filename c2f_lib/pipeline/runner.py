@@ -7,7 +7,7 @@ manifest to ``<run_dir>/manifests/`` (see manifests.py). A stage is skipped whil
 inputs (`stage_hash.StageInputs`: notebook code, parameters, the library source it imports, the
 content of every earlier stage's outputs) and all of its outputs unchanged. So an interrupted run
 resumes where it stopped, and a change of code, config or upstream output reruns what depends on
-it; ``--force`` reruns everything selected. One run at a time holds the folder (run_lock.py).
+it; ``--force`` reruns everything selected. One run at a time holds the folder (c2f_lib/run_lock.py).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from c2f_lib.paths import RunPaths
 from c2f_lib.pipeline.manifests import (StageState, build_manifest, manifest_path, read_manifest, record_outputs,
                                         snapshot, stage_state)
 from c2f_lib.pipeline.params import check_parameter, relation_problems
-from c2f_lib.pipeline.run_lock import folder_lock
+from c2f_lib.run_lock import folder_lock
 from c2f_lib.pipeline.stage_hash import Library, StageInputs
 from c2f_lib.utils import (RUN_DIR_ENV, STAGE_ENV, atomic_write_json, command_line, git_commit, package_versions,
                            portable)

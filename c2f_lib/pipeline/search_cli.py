@@ -119,7 +119,7 @@ def main_index(args: argparse.Namespace) -> int:
     from c2f_lib.features.motion import MotionConfig
     from c2f_lib.features.store import failures_path
     from c2f_lib.pipeline.corpus_index import CorpusIndex, IndexConfig, video_embeddings
-    from c2f_lib.pipeline.run_lock import folder_lock
+    from c2f_lib.run_lock import folder_lock
     from c2f_lib.pipeline.search import load_corpus
     from c2f_lib.utils import atomic_write_json, provenance
 

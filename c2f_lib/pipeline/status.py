@@ -15,7 +15,7 @@ from typing import Any
 
 from c2f_lib.errors import UserError
 from c2f_lib.paths import RunPaths
-from c2f_lib.pipeline.run_lock import holder
+from c2f_lib.run_lock import holder
 from c2f_lib.pipeline.runner import (NOTEBOOKS_DIR, PipelineConfig, discover_stages, load_config, resolve_parameters,
                                      stage_states)
 from c2f_lib.pipeline.stage_hash import Library
