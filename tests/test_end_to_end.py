@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from c2f_lib.features.decode import sample_video
-from c2f_lib.features.testing import tiny_open_clip, write_msrvtt_release, write_video_folder
+from c2f_lib.features.testing import (tiny_open_clip, write_didemo_release, write_msrvtt_release,
+                                     write_video_folder)
 from c2f_lib.pipeline.recipes import (RecipeError, export_annotations, load_coarse_splits, load_recipe,
                                      recipe_configs, run_recipe)
 from c2f_lib.training import end_to_end
@@ -149,3 +150,18 @@ def test_tmass_e2e_recipe_trains_under_bf16_autocast_on_cpu(tmp_path):
     history = ckpt["extra"]["history"]
     assert ckpt["extra"]["train_config"]["amp"] == "auto" and len(history) == 1
     assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
+
+
+def test_didemo_tmass_e2e_recipe_reads_paragraphs_and_videos_of_any_extension(tmp_path):
+    """DiDeMo as released: paragraph csvs, and videos named <vid>.mp4 / .mpg / .MOV / .m4v side by side."""
+    splits = {"train": 6, "val": 2, "test": 3}
+    captions = write_didemo_release(tmp_path / "datasets" / "didemo", splits)
+    vids = [c.vid for split in splits for c in captions[split]]
+    write_video_folder(tmp_path / "features" / "DiDeMo" / "videos", vids, extensions=(".mp4", ".mpg", ".MOV", ".m4v"))
+    tiny = [o for o in TINY if not o.startswith("splits.val")]
+    summary = run_recipe(RECIPES / "didemo_tmass_e2e.yaml", tmp_path / "run", "cpu", tmp_path / "features",
+                         tmp_path / "datasets", tiny + ["models.tmass.config.num_trials=2"])
+    test = summary["metrics"]["tmass"]["test"]
+    assert 0 <= test["t2v_R@1"] <= 100 and summary["vs_published"]["tmass"]["t2v_R@1"]["published"] == 50.9
+    exported = (tmp_path / "run" / "data" / "didemo" / "captions_test.jsonl").read_text()
+    assert "a person walks in video 8. then the camera turns" in exported      # one paragraph per video

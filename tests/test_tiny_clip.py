@@ -8,7 +8,7 @@ import pytest
 
 from c2f_lib.data.schema import MomentQuery, VideoCaptions, write_captions, write_moments
 from c2f_lib.features.extract import ExtractConfig, extract_dataset
-from c2f_lib.features.store import FeatureStore, read_failures
+from c2f_lib.features.store import FeatureStore, StoreError, read_failures
 from c2f_lib.features.store_bundles import load_coarse_split, load_moment_samples
 from c2f_lib.features.testing import write_numbered_video
 from c2f_lib.features.tiny_clip import TinyClipConfig, checkpoint_path, load_tiny_clip
@@ -77,6 +77,15 @@ def test_extract_store_loaders_and_failures(dataset, tmp_path):
         assert store.meta.vocab_size == backbone.vocab_size == 49408
     again = extract_dataset(dataset, backbone, out, ExtractConfig(num_frames=4, clip_len=2.0, frames_per_clip=2))
     assert again["encoded_videos"] == 0 and again["encoded_texts"] == 0  # rerun skips finished work
+    # the stage's own store, built with other weights (a retrained tiny CLIP): refused, or rebuilt on request
+    retrained = load_tiny_clip(dataset, TinyClipConfig(**{**TINY.__dict__, "seed": 1}), cache_dir=tmp_path)
+    cfg = ExtractConfig(num_frames=4, clip_len=2.0, frames_per_clip=2)
+    with pytest.raises(StoreError, match="built with other settings"):
+        extract_dataset(dataset, retrained, out, cfg)
+    rebuilt = extract_dataset(dataset, retrained, out, cfg, replace_stale=True)
+    assert rebuilt["encoded_videos"] == 3 and rebuilt["encoded_texts"] == rebuilt["texts"]
+    with FeatureStore(out) as store:
+        assert store.meta.weights == retrained.weights
 
 
 def test_cli_rejects_a_store_made_with_other_settings(dataset, tmp_path, capsys):

@@ -31,8 +31,11 @@ from c2f_lib.errors import MissingFileError, UserError
 from c2f_lib.paths import RunPaths
 from c2f_lib.utils import atomic_path, atomic_write_json, provenance
 
+# Containers the decoder reads (DiDeMo alone ships .mp4 .m4v .mov .mpg .wmv .3gp .avi ...), and the files
+# of released features that `find_videos` also accepts as a video being present.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp",
-                    ".3g2", ".mts", ".m2ts", ".flv", ".h5", ".npy", ".npz", ".pt")
+                    ".3g2", ".mts", ".m2ts", ".flv")
+FEATURE_EXTENSIONS = (".h5", ".npy", ".npz", ".pt")
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,7 @@ def _index_videos(folder: Path) -> dict[str, Path]:
     """file stem -> path for every video (or feature) file below `folder`."""
     index = {}
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
+        if path.suffix.lower() in VIDEO_EXTENSIONS + FEATURE_EXTENSIONS and path.is_file():
             index.setdefault(path.stem, path)
     return index
 

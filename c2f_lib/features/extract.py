@@ -18,18 +18,18 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from c2f_lib.data.registry import VIDEO_EXTENSIONS
 from c2f_lib.data.schema import read_captions, read_moments
 from c2f_lib.features.backbones import Backbone, mean_frame_embedding
 from c2f_lib.features.decode import SampledVideo, VideoDecodeError, sample_video, uniform_indices
 from c2f_lib.features.motion import MotionConfig, motion_features
-from c2f_lib.features.store import StoreMeta, failures_path, read_failures
+from c2f_lib.features.store import FeatureStore, StoreError, StoreMeta, failures_path, read_failures
 from c2f_lib.features.store_writer import FeatureStoreWriter
 from c2f_lib.progress import progress
 from c2f_lib.amp import Precision, check_amp
 from c2f_lib.errors import MissingFileError
 from c2f_lib.utils import atomic_write_json
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 
 
 @dataclass
@@ -70,7 +70,7 @@ def dataset_annotations(dataset_dir: str | Path, splits: list[str] | None = None
 
 
 def find_video(video_dir: Path, vid: str) -> Path:
-    for ext in VIDEO_EXTENSIONS:
+    for ext in VIDEO_EXTENSIONS + tuple(e.upper() for e in VIDEO_EXTENSIONS):   # e.g. DiDeMo's .MOV
         if (video_dir / f"{vid}{ext}").is_file():
             return video_dir / f"{vid}{ext}"
     raise VideoDecodeError(f"no video file ({', '.join(VIDEO_EXTENSIONS)})", f"{video_dir / vid}.*")
@@ -176,16 +176,36 @@ def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     return index, count
 
 
+def remove_if_built_otherwise(path: Path, meta: StoreMeta) -> bool:
+    """Delete the store at `path` when it was built with other settings than `meta`; True if deleted.
+    (A store that cannot be read is left for the writer to report.)"""
+    if not path.exists():
+        return False
+    try:
+        with FeatureStore(path) as store:
+            stale = bool(store.meta.mismatches(meta))
+    except StoreError:
+        return False
+    if stale:
+        path.unlink()
+    return stale
+
+
 def extract_dataset(dataset_dir: str | Path, backbone: Backbone, out: str | Path,
                     cfg: ExtractConfig | None = None, splits: list[str] | None = None,
-                    video_dir: str | Path | None = None, shard: tuple[int, int] | None = None) -> dict:
+                    video_dir: str | Path | None = None, shard: tuple[int, int] | None = None,
+                    replace_stale: bool = False) -> dict:
     """Fill `out` with every video and text of the dataset; returns counts and the failures.
 
     `shard` (index, count): only every count-th video and text, starting at index (in annotation order),
     so `count` processes or machines can share the work; each writes its own store (`shard_path`),
-    resumable like any store, and `merge_shards` joins them."""
+    resumable like any store, and `merge_shards` joins them. An existing `out` built with other settings
+    (another backbone, weights, sampling) is refused, unless `replace_stale`: then it is deleted and
+    rebuilt (for a pipeline stage, whose store is its own output; a user's store is never deleted)."""
     cfg = cfg or ExtractConfig()
     dataset_dir, out = Path(dataset_dir), Path(out)
+    if replace_stale:
+        remove_if_built_otherwise(out, store_meta(backbone, cfg))
     video_dir = Path(video_dir) if video_dir else dataset_dir / "videos"
     vids, texts = dataset_annotations(dataset_dir, splits)
     if shard is not None:
@@ -219,8 +239,6 @@ def merge_shards(dataset_dir: str | Path, out: str | Path, count: int, splits: l
     The shards must agree on their settings and together hold every video of the dataset (or record
     it as failed) and every text; a missing or unfinished shard is an error naming it. Failures are
     merged. Rerunning adds only what `out` lacks. Returns counts and the failures."""
-    from c2f_lib.features.store import FeatureStore, StoreError
-
     out = Path(out)
     vids, texts = dataset_annotations(dataset_dir, splits)
     shards = [shard_path(out, i, count) for i in range(count)]

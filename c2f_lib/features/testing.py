@@ -250,6 +250,26 @@ def write_msrvtt_release(folder: str | Path, n_train: int = 16, n_test: int = 6,
             + [VideoCaptions(vid=v, captions=[f"a test clip of {v}"], duration=10.0) for v in test])
 
 
+def write_didemo_release(folder: str | Path, splits: dict[str, int]) -> dict[str, list[VideoCaptions]]:
+    """DiDeMo paragraph csvs in the T-MASS release layout (`didemo_<split>_label.csv`) for `splits` =
+    {split: number of videos}; video files named as released (mixed extensions). Returns each split's captions."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    extensions, out, n = (".mp4", ".mpg", ".MOV", ".m4v"), {}, 0
+    for split, count in splits.items():
+        rows, out[split] = [], []
+        for _ in range(count):
+            vid = f"{1000 + n}@N0{n % 3}_{n}"
+            text = f"a person walks in video {n}. then the camera turns"
+            rows.append(f"True,/data/didemo/all_videos/{vid}{extensions[n % 4]},tensor([[0]]),tensor([[31]]),"
+                        f"{text},/data/formatted/{split}_{n}.pth\n")
+            out[split].append(VideoCaptions(vid=vid, captions=[text]))
+            n += 1
+        (folder / f"didemo_{split}_label.csv").write_text(
+            "success,video_path,starts,ends,text,formatted_data\n" + "".join(rows))
+    return out
+
+
 def write_tacos_cg_release(folder: str | Path, splits: dict[str, int], sentences_per_video: int = 3,
                            captions_per_video: int = 2, fps: float = 29.4, seconds: float = 40.0,
                            seed: int = 0) -> None:
@@ -276,11 +296,15 @@ def write_tacos_cg_release(folder: str | Path, splits: dict[str, int], sentences
 
 
 def write_video_folder(folder: str | Path, vids: Iterable[str], num_frames: int = 6, fps: float = 10.0,
-                       size: int = 64) -> Path:
-    """`<folder>/<vid>.mp4` numbered videos (write_numbered_video), one more frame per video so their
-    uniformly sampled frames differ: a raw-video tree for end-to-end tests (e.g. with write_msrvtt_release)."""
+                       size: int = 64, extensions: Iterable[str] = (".mp4",)) -> Path:
+    """`<folder>/<vid><ext>` numbered videos (write_numbered_video; the i-th takes the (i mod n)-th of
+    `extensions`, the container stays mp4), one more frame per video so their uniformly sampled frames
+    differ: a raw-video tree for end-to-end tests (e.g. with write_msrvtt_release)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    extensions = list(extensions)
     for i, vid in enumerate(vids):
-        write_numbered_video(folder / f"{vid}.mp4", num_frames + i, fps=fps, size=size)
+        path = folder / f"{vid}.mp4"
+        write_numbered_video(path, num_frames + i, fps=fps, size=size)
+        path.rename(folder / f"{vid}{extensions[i % len(extensions)]}")
     return folder
