@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import platform
+import shutil
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +53,7 @@ def _read_holder(path: Path) -> dict:
 def folder_lock(folder: Path) -> Iterator[None]:
     """Hold the folder's lock for the block; FolderBusyError (naming the holder) if another process has it."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by child processes (kernels)
@@ -71,3 +73,5 @@ def folder_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+        if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            shutil.rmtree(folder, ignore_errors=True)  # a refused run leaves no empty folder behind

@@ -147,3 +147,12 @@ def test_report_sections_keep_every_table_whole():
     assert all(not s.startswith("## Figures") and "figures/06_vcmr.png" not in s for s in sections)
     assert any(s.startswith("## 6. Coarse-to-fine search") for s in sections)
     assert "\n".join(sections) == report.split("## Figures")[0].strip()   # nothing lost, nothing cut
+
+
+def test_report_on_a_split_stage_03_did_not_score_says_so():
+    """`split = "val"` in notebook 06 (how the fusion is chosen): stage 03 scored test and test_cg only."""
+    m03 = {"t2v_R@1": {s: {"correct": {"meanpool": {"mean": 10.0, "std": 0.0, "n": 1}},
+                           "reference": {"meanpool": {"mean": 10.0}}} for s in ("test", "test_cg")}}
+    report = build_report({"03_coarse": m03, "05_fine": None}, [], {}, SearchConfig(), "val")
+    assert "Stage 03 scored `test`, `test_cg`, not `val`: no table here." in report
+    assert "| meanpool |" in build_report({"03_coarse": m03, "05_fine": None}, [], {}, SearchConfig(), "test")

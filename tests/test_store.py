@@ -10,7 +10,8 @@ import torch
 from c2f_lib.data.schema import MomentQuery, write_captions, write_moments
 from c2f_lib.features.store import FeatureStore, StoreError, StoreMeta, failures_path
 from c2f_lib.features.store_writer import FeatureStoreWriter
-from c2f_lib.features.store_bundles import load_coarse_split, load_moment_samples, saliency_target
+from c2f_lib.features.store_bundles import (add_moment_queries, load_coarse_split, load_moment_samples,
+                                           saliency_target)
 from c2f_lib.features.testing import make_random_store, random_records
 
 
@@ -51,6 +52,21 @@ def test_load_coarse_split(annotated_store):
     # The random store's captions share their video's vector: the right video wins.
     sims = split.text_emb @ split.frames.mean(1).T
     assert (sims.argmax(1) == split.text_to_video).float().mean() >= 0.75
+
+
+def test_add_moment_queries_appends_each_sentence_to_its_video(annotated_store, tmp_path):
+    store, moments_file, captions_file, moments, _ = annotated_store
+    split = load_coarse_split(store, captions_file)
+    write_moments(tmp_path / "partial.jsonl", moments[:-2] + [MomentQuery(
+        qid="other", query=moments[0].query, vid="not_in_this_split", duration=30.0, relevant_windows=[[0, 2]])])
+    wider = add_moment_queries(split, store, tmp_path / "partial.jsonl")
+    added = moments[:-2]                                  # the query of a video outside the split is dropped
+    assert wider.texts == split.texts + [m.query for m in added]
+    assert wider.text_to_video.tolist() == split.text_to_video.tolist() + [split.video_ids.index(m.vid) for m in added]
+    with FeatureStore(store) as st:
+        assert torch.equal(wider.text_emb[len(split.texts):], torch.stack(
+            [torch.from_numpy(st.sentence(m.query)).float() for m in added]))
+    assert wider.frames is split.frames                  # the gallery is shared, not copied
 
 
 def test_load_moment_samples(annotated_store):

@@ -27,15 +27,11 @@ from c2f_lib.data.adapters.qvhighlights import load_qvhighlights
 from c2f_lib.data.adapters.retrieval import MSRVTT_TRAIN_LISTS, load_didemo, load_lsmdc, load_msrvtt, load_msvd
 from c2f_lib.data.adapters.tacos import TACOS_CG_FILES, load_tacos, load_tacos_cg
 from c2f_lib.data.schema import VideoCaptions, write_captions, write_moments
+from c2f_lib.data.video_files import FEATURE_EXTENSIONS, VIDEO_EXTENSIONS
 from c2f_lib.errors import MissingFileError, UserError
 from c2f_lib.paths import RunPaths
 from c2f_lib.utils import atomic_path, atomic_write_json, provenance
 
-# Containers the decoder reads (DiDeMo alone ships .mp4 .m4v .mov .mpg .wmv .3gp .avi ...), and the files
-# of released features that `find_videos` also accepts as a video being present.
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp",
-                    ".3g2", ".mts", ".m2ts", ".flv")
-FEATURE_EXTENSIONS = (".h5", ".npy", ".npz", ".pt")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from c2f_lib.data.registry import VIDEO_EXTENSIONS
+from c2f_lib.data.video_files import VIDEO_EXTENSIONS
 from c2f_lib.data.schema import read_captions, read_moments
 from c2f_lib.features.backbones import Backbone, mean_frame_embedding
 from c2f_lib.features.decode import SampledVideo, VideoDecodeError, sample_video, uniform_indices

@@ -58,6 +58,24 @@ def load_coarse_split(store_path: str | Path, captions_jsonl: str | Path) -> Coa
     )
 
 
+def add_moment_queries(split: CoarseSplit, store_path: str | Path, moments_jsonl: str | Path) -> CoarseSplit:
+    """The split with every moment sentence of its videos added as one more text of its video.
+
+    Coarse-to-fine search hands the coarse retriever moment sentences, which name one event of a video;
+    training on them beside the whole-video captions teaches the retriever the query it will be given
+    (the train split only; evaluation keeps the captions)."""
+    index = {vid: i for i, vid in enumerate(split.video_ids)}
+    moments = [m for m in read_moments(moments_jsonl, labelled=False) if m.vid in index]
+    with FeatureStore(store_path) as store:
+        emb = [store.sentence(m.query) for m in moments]
+    if not moments:
+        return split
+    return CoarseSplit(
+        video_ids=split.video_ids, frames=split.frames, texts=split.texts + [m.query for m in moments],
+        text_emb=torch.cat([split.text_emb, torch.from_numpy(np.stack(emb)).float()]),
+        text_to_video=torch.cat([split.text_to_video, torch.tensor([index[m.vid] for m in moments])]))
+
+
 def saliency_target(num_clips: int, clip_len: float, windows: list[list[float]],
                     clip_ids: list[int] | None = None,
                     scores: list[list[float]] | None = None) -> torch.Tensor:

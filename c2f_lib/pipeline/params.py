@@ -78,6 +78,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "lr": above(0),
         "chunk_size": at_least(1),
         "k_videos": at_least(1),
+        "train_on_moments": ANY,                          # a bool: its type is checked from the default
     },
     "01": {
         "n_train_videos": at_least(1), "n_val_videos": at_least(1), "n_test_videos": at_least(1),

@@ -216,6 +216,9 @@ def _features_section(m02: dict | None) -> list[str]:
 def _coarse_section(m03: dict | None, m04: dict | None, split: str) -> list[str]:
     if not m03:
         return []
+    if split not in m03["t2v_R@1"]:          # e.g. a report on val, which stage 03 selects on but does not score
+        return ["## 3. Coarse retrieval (stage 03)", "",
+                f"Stage 03 scored {', '.join(f'`{s}`' for s in m03['t2v_R@1'])}, not `{split}`: no table here."]
     r1 = m03["t2v_R@1"][split]
     base = r1["correct"].get("meanpool")
     rows = [{"method": method, "R@1": _pm(v["mean"], v.get("std"), v.get("n", 1)),
