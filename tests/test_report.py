@@ -155,4 +155,10 @@ def test_report_on_a_split_stage_03_did_not_score_says_so():
                            "reference": {"meanpool": {"mean": 10.0}}} for s in ("test", "test_cg")}}
     report = build_report({"03_coarse": m03, "05_fine": None}, [], {}, SearchConfig(), "val")
     assert "Stage 03 scored `test`, `test_cg`, not `val`: no table here." in report
-    assert "| meanpool |" in build_report({"03_coarse": m03, "05_fine": None}, [], {}, SearchConfig(), "test")
+    report = build_report({"03_coarse": m03, "05_fine": None}, [], {}, SearchConfig(), "test")
+    assert "| meanpool | 10.0 | — | — | 10.0 |" in report                 # no interval recorded: a dash
+    m03["t2v_R@1"]["test"]["correct"]["xpool"] = {"mean": 11.0, "std": 0.0, "n": 1}
+    m03["t2v_R@1"]["test"]["reference"]["xpool"] = {"mean": 18.0}
+    m03["t2v_R@1_margin_vs_meanpool"] = {"test": {"xpool": {"diff": 1.0, "low": -2.2, "high": 4.4, "level": 0.95}}}
+    report = build_report({"03_coarse": m03, "05_fine": None}, [], {}, SearchConfig(), "test")
+    assert "| xpool | 11.0 | +1.0 | -2.2 to +4.4 | 18.0 |" in report

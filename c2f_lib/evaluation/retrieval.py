@@ -134,3 +134,11 @@ def evaluate_retrieval(model: Any, split: CoarseSplit, protocol: str = "correct"
     """Score a split (seeded) and return its t2v / v2t metrics."""
     sims = score_split(model, split, protocol, chunk_size, torch.Generator().manual_seed(seed))
     return retrieval_metrics(sims, split.text_to_video, ks, dsl)
+
+
+def caption_hits(model: Any, split: CoarseSplit, protocol: str = "correct", chunk_size: int = 16,
+                 seed: int = 0, k: int = 1) -> torch.Tensor:
+    """[T] bool: does each caption find its video in the top k? Scored as `evaluate_retrieval` scores (same
+    seed), so `caption_hits(...).float().mean() * 100` is its t2v R@k."""
+    sims = score_split(model, split, protocol, chunk_size, torch.Generator().manual_seed(seed))
+    return t2v_ranks(sims, split.text_to_video) <= k

@@ -213,6 +213,11 @@ def _features_section(m02: dict | None) -> list[str]:
             "training.", "", _table(rows, ["probe", "value", "chance"], ["probe (no training)", "value", "chance"])]
 
 
+def _interval(ci: dict | None) -> str:
+    """'-2.2 to +4.4' from a paired_difference_ci result; '—' without one."""
+    return "—" if not ci else f"{ci['low']:+.1f} to {ci['high']:+.1f}"
+
+
 def _coarse_section(m03: dict | None, m04: dict | None, split: str) -> list[str]:
     if not m03:
         return []
@@ -221,15 +226,18 @@ def _coarse_section(m03: dict | None, m04: dict | None, split: str) -> list[str]
                 f"Stage 03 scored {', '.join(f'`{s}`' for s in m03['t2v_R@1'])}, not `{split}`: no table here."]
     r1 = m03["t2v_R@1"][split]
     base = r1["correct"].get("meanpool")
+    margins = m03.get("t2v_R@1_margin_vs_meanpool", {}).get(split, {})
     rows = [{"method": method, "R@1": _pm(v["mean"], v.get("std"), v.get("n", 1)),
              "Δ": "—" if base is None or method == "meanpool" else f"{v['mean'] - base['mean']:+.1f}",
-             "reference": r1["reference"][method]["mean"]} for method, v in r1["correct"].items()]
+             "CI": _interval(margins.get(method)), "reference": r1["reference"][method]["mean"]}
+            for method, v in r1["correct"].items()]
     lines = ["## 3. Coarse retrieval (stage 03)", "",
              f"Text → video R@1 (%) on `{split}`, every caption against the whole gallery. **Correct** protocol: "
              "each video pooled by the query being scored; the published code's **reference** protocol pools each "
              "gallery video by its own caption and leaks the answer. Mean-pool is the baseline.", "",
-             _table(rows, ["method", "R@1", "Δ", "reference"],
-                    ["method", "R@1 (correct)", "Δ vs mean-pool", "R@1 (reference, leaky)"])]
+             _table(rows, ["method", "R@1", "Δ", "CI", "reference"],
+                    ["method", "R@1 (correct)", "Δ vs mean-pool", "95 % interval of Δ (videos resampled)",
+                     "R@1 (reference, leaky)"])]
     td = (m04 or {}).get("t2v_v2t", {})
     if f"textdiff/{split}" in td and f"xpool/{split}" in td:
         t, x = td[f"textdiff/{split}"]["t2v_R@1"], td[f"xpool/{split}"]["t2v_R@1"]
