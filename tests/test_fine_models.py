@@ -154,6 +154,17 @@ def test_postprocess_clamps_rounds_and_nms():
     assert len(temporal_nms(rows, 0.7)) == 2
 
 
+def test_a_window_snapped_onto_the_videos_end_keeps_its_last_clip():
+    """A span in the last half clip of a 24-s video rounds to [24, 24]; it was written as such, and the
+    evaluator (rightly) refuses a window that does not start inside the video (seen in configs/full.yaml)."""
+    spans = se_to_cw(torch.tensor([[0.985, 0.995], [0.0, 0.01], [0.40, 0.60]]))
+    rows = postprocess_windows(spans, torch.tensor([0.9, 0.8, 0.7]), extent=24.0, clip_len=2.0)
+    assert [r[:2] for r in rows] == [[22.0, 24.0], [0.0, 2.0], [10.0, 14.0]]
+    assert all(0 <= s < 24.0 and s < e <= 24.0 for s, e, _ in rows)
+    short = postprocess_windows(spans[:1], torch.tensor([0.9]), extent=1.5, clip_len=2.0)   # shorter than a clip
+    assert short[0][:2] == [0.0, 1.5]
+
+
 def test_moment_plots_return_figures():
     from matplotlib.figure import Figure
 

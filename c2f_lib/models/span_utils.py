@@ -63,7 +63,7 @@ def postprocess_windows(spans_cw: torch.Tensor, scores: torch.Tensor, extent: fl
     the clip grid (`round_to_clip`), then optional temporal NMS and top-k. `protocol`:
     * "correct" (ours): spans are fractions of `extent` seconds, the clip features' time span (what the
       model was trained on), clamped to the video [0, `duration`] (default `extent`); a window that
-      collapses to zero length when snapped gets one clip.
+      collapses to zero length when snapped gets one clip (the video's last one if it sits on the end).
     * "reference" (the official code): spans are fractions of `duration`, clamped to [0, `max_ts_val`]
       (150 s on QVHighlights), zero-length windows kept.
     """
@@ -80,6 +80,8 @@ def postprocess_windows(spans_cw: torch.Tensor, scores: torch.Tensor, extent: fl
     if round_to_clip and clip_len > 0:
         se = torch.round(se / clip_len) * clip_len
         if not reference:
+            # a window snapped onto the video's end (start == duration) keeps its last clip, not zero length
+            se[:, 0] = se[:, 0].clamp(max=max(duration - clip_len, 0.0))
             se[:, 1] = torch.maximum(se[:, 1], se[:, 0] + clip_len)
             se = se.clamp(0, duration)
     rows = [[round(s, 4), round(e, 4), r[2]] for (s, e), r in zip(se.tolist(), rows)]
