@@ -1,4 +1,5 @@
-"""An advisory lock per run folder, so two `c2f run`s (or `c2f index`es) never write into one folder.
+"""An advisory lock per run folder, so two writers (`c2f run`, `c2f repro`, `c2f index`, `c2f data export`)
+never write into one folder at once.
 
 The lock is an `flock` on ``<folder>/.c2f.lock``, which holds who took it (pid, host, command, time).
 The operating system releases it when the holder exits, however it exits, so a killed run never

@@ -18,8 +18,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from c2f_lib.data.video_files import VIDEO_EXTENSIONS
 from c2f_lib.data.schema import read_captions, read_moments
+from c2f_lib.data.video_files import VIDEO_EXTENSIONS
 from c2f_lib.features.backbones import Backbone, mean_frame_embedding
 from c2f_lib.features.decode import SampledVideo, VideoDecodeError, sample_video, uniform_indices
 from c2f_lib.features.motion import MotionConfig, motion_features
@@ -29,7 +29,6 @@ from c2f_lib.progress import progress
 from c2f_lib.amp import Precision, check_amp
 from c2f_lib.errors import MissingFileError
 from c2f_lib.utils import atomic_write_json
-
 
 
 @dataclass
