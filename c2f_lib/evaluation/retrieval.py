@@ -128,17 +128,26 @@ def score_split(model: Any, split: CoarseSplit, protocol: str = "correct", chunk
     return sims
 
 
+def seeded_scores(model: Any, split: CoarseSplit, protocol: str = "correct", chunk_size: int = 16,
+                  seed: int = 0) -> torch.Tensor:
+    """`score_split` with a generator seeded by `seed` (T-MASS samples its texts from it): [T, V]."""
+    return score_split(model, split, protocol, chunk_size, torch.Generator().manual_seed(seed))
+
+
 def evaluate_retrieval(model: Any, split: CoarseSplit, protocol: str = "correct",
                        chunk_size: int = 16, seed: int = 0, dsl: bool = False,
                        ks: Sequence[int] = KS) -> dict[str, float]:
     """Score a split (seeded) and return its t2v / v2t metrics."""
-    sims = score_split(model, split, protocol, chunk_size, torch.Generator().manual_seed(seed))
-    return retrieval_metrics(sims, split.text_to_video, ks, dsl)
+    return retrieval_metrics(seeded_scores(model, split, protocol, chunk_size, seed), split.text_to_video, ks, dsl)
+
+
+def hits_at(sims: torch.Tensor, text_to_video: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """[T] bool from [T, V] scores: does each caption find its video in the top k (the captions behind R@k)?"""
+    return t2v_ranks(sims, text_to_video) <= k
 
 
 def caption_hits(model: Any, split: CoarseSplit, protocol: str = "correct", chunk_size: int = 16,
                  seed: int = 0, k: int = 1) -> torch.Tensor:
-    """[T] bool: does each caption find its video in the top k? Scored as `evaluate_retrieval` scores (same
-    seed), so `caption_hits(...).float().mean() * 100` is its t2v R@k."""
-    sims = score_split(model, split, protocol, chunk_size, torch.Generator().manual_seed(seed))
-    return t2v_ranks(sims, split.text_to_video) <= k
+    """[T] bool `hits_at` of a model, scored as `evaluate_retrieval` scores (same seed), so
+    `caption_hits(...).float().mean() * 100` is its t2v R@k."""
+    return hits_at(seeded_scores(model, split, protocol, chunk_size, seed), split.text_to_video, k)

@@ -66,10 +66,10 @@ def add_moment_queries(split: CoarseSplit, store_path: str | Path, moments_jsonl
     (the train split only; evaluation keeps the captions)."""
     index = {vid: i for i, vid in enumerate(split.video_ids)}
     moments = [m for m in read_moments(moments_jsonl, labelled=False) if m.vid in index]
-    with FeatureStore(store_path) as store:
-        emb = [store.sentence(m.query) for m in moments]
     if not moments:
         return split
+    with FeatureStore(store_path) as store:
+        emb = [store.sentence(m.query) for m in moments]
     return CoarseSplit(
         video_ids=split.video_ids, frames=split.frames, texts=split.texts + [m.query for m in moments],
         text_emb=torch.cat([split.text_emb, torch.from_numpy(np.stack(emb)).float()]),
