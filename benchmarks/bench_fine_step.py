@@ -9,7 +9,9 @@ this checkout and of the commit `--base` (default f64cee1: the fine models befor
 dropout / PReLU changes), both in this process. The base commit's `c2f_lib` is extracted with
 `git archive` into a temporary folder and imported beside the current one (the two copies live under
 separate module objects). Both models get the same weights; steps alternate (old, new, old, ...) so
-machine load hits both alike; the table gives median step times and their ratio. Before timing, one
+machine load hits both alike; the table gives median step times and their ratio, the share of our step
+spent in matrix products (the same products in both codes) and the ceiling that share puts on the ratio
+(base time / our matmul time: the speed-up if every other operation cost nothing). Before timing, one
 training step of each (same seed, dropout on: both draw the same dropout masks) is compared: forward
 outputs, every loss term and every gradient must agree (max |difference| printed).
 
@@ -164,11 +166,27 @@ def max_difference(old, new, old_terms, new_terms) -> dict[str, float]:
             "grads": max((grads[k] - base_grads[k]).abs().max().item() for k in grads) / scale}
 
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm")
+
+
+def matmul_share(model, batch, loss_fn, weights) -> float:
+    """Fraction of one training step's CPU time spent inside matrix products (torch.profiler, self time).
+    Those products are the same in both codes (same shapes, same order of operands: the outputs agree),
+    so base time / (share x our time) is the speed-up this step could reach if everything else were free."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        training_step(model, batch, loss_fn, weights, seed=99)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key in MATMULS) / total
+
+
 def speedup(args: argparse.Namespace) -> None:
     base = load_base(args.base)
     samples = qvh_samples()
     print(f"QVHighlights-size training step, 1 thread, this checkout vs {args.base} (same process)")
-    print(f"{'model':>12} {'base ms':>8} {'ours ms':>8} {'speed-up':>8}   max |difference| outputs / losses / grads")
+    print(f"{'model':>12} {'base ms':>8} {'ours ms':>8} {'speed-up':>8} {'matmul %':>8} {'ceiling':>8}   "
+          "max |difference| outputs / losses / grads")
     for name, preset in PRESETS.items():
         config = {**QVH, **({"word_vocab": list(range(5000))} if name == "mesm" else {})}
         torch.manual_seed(0)
@@ -189,7 +207,9 @@ def speedup(args: argparse.Namespace) -> None:
                 if step > 0:
                     times[tag].append(time.perf_counter() - t0)
         old_ms, new_ms = (1000 * statistics.median(times[k]) for k in ("base", "ours"))
-        print(f"{name:>12} {old_ms:8.0f} {new_ms:8.0f} {old_ms / new_ms:8.2f}   "
+        share = matmul_share(ours, batch, fine_loss, weights)
+        print(f"{name:>12} {old_ms:8.0f} {new_ms:8.0f} {old_ms / new_ms:8.2f} {100 * share:8.0f} "
+              f"{old_ms / (share * new_ms):8.2f}   "
               f"{diff['outputs']:.1e} / {diff['losses']:.1e} / {diff['grads']:.1e}")
 
 

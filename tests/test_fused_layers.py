@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from c2f_lib.models.fused import Attention, FusedSequential, dropout_add, dropout_linear
+from c2f_lib.models.fused import Attention, FusedSequential, dropout_add, dropout_linear, single_slope_prelu
 
 D, HEADS = 32, 4
 
@@ -105,3 +105,21 @@ def test_fused_sequential_equals_sequential():
         gb = torch.autograd.grad(b.sum(), [x, modules[3].weight])
         for u, v in zip(ga, gb):
             torch.testing.assert_close(u, v)
+
+
+def test_single_slope_prelu_equals_prelu_with_its_gradients():
+    """The input's gradient bit for bit, the slope's up to summation order; no gradient asked, none computed."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 7, 33, generator=g).requires_grad_()
+    weight = torch.tensor([0.3], requires_grad=True)
+    upstream = torch.randn(4, 7, 33, generator=g)
+    ours = single_slope_prelu(x, weight)
+    theirs = F.prelu(x, weight)
+    assert torch.equal(ours, theirs)
+    ours_grads = torch.autograd.grad(ours, [x, weight], upstream)
+    theirs_grads = torch.autograd.grad(theirs, [x, weight], upstream)
+    assert torch.equal(ours_grads[0], theirs_grads[0])
+    torch.testing.assert_close(ours_grads[1], theirs_grads[1], rtol=1e-5, atol=1e-6)
+    frozen = torch.randn(3, 5)                                        # input without grad: slope's only
+    (grad_w,) = torch.autograd.grad(single_slope_prelu(frozen, weight).sum(), [weight])
+    torch.testing.assert_close(grad_w, frozen.clamp(max=0).sum().reshape(1))
