@@ -67,6 +67,29 @@ def test_only_a_checkpoint_made_from_the_same_inputs_is_reused(tmp_path, capsys)
     assert "cannot be reused" in capsys.readouterr().out
 
 
+def test_a_caller_built_model_is_filled_only_from_a_matching_checkpoint(tmp_path, capsys):
+    """`into=`: the end-to-end retriever's path. A stale checkpoint must not warm-start the model."""
+    from c2f_lib.models.registry import fingerprint, load_if_reusable
+
+    made_from = fingerprint("toy", 1)
+    path = tmp_path / "toy.pt"
+    trained = build_model("toy_for_tests", {"dim": 3})
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.fill_(7.0)
+    save_model(path, trained, extra={"made_from": made_from})
+    fresh = build_model("toy_for_tests", {"dim": 3})
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    assert load_if_reusable(path, fingerprint("toy", 2), into=fresh) is None
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())     # untouched
+    model, extra = load_if_reusable(path, made_from, into=fresh)
+    assert model is fresh and extra["made_from"] == made_from
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in fresh.state_dict().items())
+    path.write_bytes(path.read_bytes()[:40])                                            # truncated
+    assert load_if_reusable(path, made_from, into=fresh) is None
+    assert "cannot be reused" in capsys.readouterr().out
+
+
 def test_work_dir_is_cleared_unless_made_from_the_same_inputs(tmp_path):
     from c2f_lib.models.registry import claim_work_dir
 

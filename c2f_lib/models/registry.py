@@ -63,8 +63,8 @@ def save_model(path: str | Path, model: nn.Module, extra: dict[str, Any] | None 
         torch.save(payload, tmp)
 
 
-def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from ``save_model``'s checkpoint; returns (model in eval mode, extra)."""
+def read_checkpoint(path: str | Path, map_location: str = "cpu", needs: tuple[str, ...] = ("model",)) -> dict:
+    """`save_model`'s payload at `path`; ValueError (one line, naming the file) if it is unreadable or lacks `needs`."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError("checkpoint not found", path)
@@ -72,8 +72,15 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, 
         payload = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # a truncated or foreign file
         raise ValueError(f"{path}: not a readable checkpoint ({err})") from None
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise ValueError(f"{path}: not a c2f checkpoint (no 'model' entry)")
+    missing = [key for key in needs if not isinstance(payload, dict) or key not in payload]
+    if missing:
+        raise ValueError(f"{path}: not a c2f checkpoint (no {missing[0]!r} entry)")
+    return payload
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from ``save_model``'s checkpoint; returns (model in eval mode, extra)."""
+    payload = read_checkpoint(path, map_location)
     _import_model_modules()
     model = build_model(payload["model"], payload["config"])
     model.load_state_dict(payload["state_dict"])
@@ -99,24 +106,38 @@ def _without_runtime_keys(value: Any) -> Any:
     return value
 
 
-def load_if_reusable(path: str | Path, made_from: str) -> tuple[nn.Module, dict[str, Any]] | None:
+def load_if_reusable(path: str | Path, made_from: str,
+                     into: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]] | None:
     """The checkpoint at `path` if it exists, loads with this code and was made from `made_from`.
 
     Otherwise None, saying why: "load if it exists" must never hand back a model trained with
     other settings or on other data (a changed config reruns a stage in the same run directory),
-    nor fail on a checkpoint whose layout an edit of the model code changed.
+    nor fail on a checkpoint whose layout an edit of the model code changed. `into`: a model built
+    by the caller (one the registry cannot rebuild, e.g. an end-to-end retriever holding a CLIP)
+    that receives the weights; it is filled only once `made_from` matched, so a stale checkpoint
+    never warm-starts training.
     """
     path = Path(path)
     if not path.exists():
         return None
     try:
-        model, extra = load_model(path)
+        if into is None:
+            model, extra = load_model(path)
+        else:
+            payload = read_checkpoint(path, needs=("state_dict",))
+            model, extra = into, payload.get("extra", {})
     except (ValueError, RuntimeError, KeyError, TypeError) as err:
         print(f"{path}: cannot be reused ({str(err).splitlines()[0]}); training again")
         return None
     if extra.get("made_from") != made_from:
         print(f"{path}: made with other settings or data; training again")
         return None
+    if into is not None:
+        try:
+            into.load_state_dict(payload["state_dict"])
+        except (RuntimeError, KeyError) as err:   # a layout an edit of the code changed
+            print(f"{path}: cannot be reused ({str(err).splitlines()[0]}); training again")
+            return None
     return model, extra
 
 

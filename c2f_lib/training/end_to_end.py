@@ -278,24 +278,6 @@ def save_end_to_end(path: str | Path, model: EndToEndRetriever, method: str, hea
         torch.save(payload, tmp)
 
 
-def load_end_to_end_if_reusable(path: str | Path, made_from: str, model: EndToEndRetriever) -> dict | None:
-    """Load the checkpoint at `path` into `model` if it was made from `made_from`; its `extra`, else None
-    (saying why), as registry.load_if_reusable does for registered models."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        if payload.get("extra", {}).get("made_from") != made_from:
-            print(f"{path}: made with other settings or data; training again")
-            return None
-        model.load_state_dict(payload["state_dict"])
-    except Exception as err:   # truncated file, or a layout an edit of the code changed
-        print(f"{path}: cannot be reused ({str(err).splitlines()[0]}); training again")
-        return None
-    return payload["extra"]
-
-
 def train_or_load_end_to_end(method: str, head_config: Any, clip: ClipSource, train: FrameSplit, val: FrameSplit,
                              cfg: CoarseTrainConfig, path: str | Path, encode_batch_size: int = 64
                              ) -> tuple[EndToEndRetriever, dict[str, Any]]:
@@ -303,7 +285,7 @@ def train_or_load_end_to_end(method: str, head_config: Any, clip: ClipSource, tr
     else train (resumable state in `path` without its suffix) and write it. Returns (model in eval mode on
     cfg.device, the checkpoint's extra)."""
     from c2f_lib.distributed import rank_and_world
-    from c2f_lib.models.registry import claim_work_dir, fingerprint
+    from c2f_lib.models.registry import claim_work_dir, fingerprint, load_if_reusable
     from c2f_lib.training.coarse import train_coarse
 
     path = Path(path)
@@ -311,7 +293,8 @@ def train_or_load_end_to_end(method: str, head_config: Any, clip: ClipSource, tr
     made_from = fingerprint(CHECKPOINT_KIND, method, asdict(head_config), clip.spec, frame_settings,
                             asdict(cfg), train.video_ids, val.video_ids, train.texts, val.texts)
     model = build_end_to_end(method, head_config, clip, encode_batch_size)
-    extra = load_end_to_end_if_reusable(path, made_from, model)
+    loaded = load_if_reusable(path, made_from, into=model)
+    extra = None if loaded is None else loaded[1]
     if extra is None:
         work_dir = claim_work_dir(path.with_suffix(""), made_from, fresh=path.exists())
         result = train_coarse(model, train, val, cfg, work_dir)
