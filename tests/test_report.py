@@ -9,8 +9,9 @@ from c2f_lib.data.schema import write_captions, write_moments
 from c2f_lib.features.testing import make_random_store
 from c2f_lib.models.registry import build_model, save_model
 from c2f_lib.paths import RunPaths
-from c2f_lib.pipeline.report import (FINE_PREFERENCE, build_report, choose_fine, evaluate_methods,
-                                     find_checkpoints, report_sections, run_fine_choice, stage_metrics)
+from c2f_lib.pipeline.report import (FINE_PREFERENCE, MethodResult, build_report, choose_fine, evaluate_methods,
+                                     find_checkpoints, report_sections, run_fine_choice, stage_metrics,
+                                     vcmr_margins)
 from c2f_lib.utils import atomic_write_json
 from c2f_lib.pipeline.search import SearchConfig
 
@@ -162,3 +163,23 @@ def test_report_on_a_split_stage_03_did_not_score_says_so():
     m03["t2v_R@1_margin_vs_meanpool"] = {"test": {"xpool": {"diff": 1.0, "low": -2.2, "high": 4.4, "level": 0.95}}}
     report = build_report({"03_coarse": m03, "05_fine": None}, [], {}, SearchConfig(), "test")
     assert "| xpool | 11.0 | +1.0 | -2.2 to +4.4 | 18.0 |" in report
+
+
+def test_vcmr_margin_comes_with_a_paired_interval_over_videos():
+    """Δ VCMR R@1 vs mean-pool equals the difference of the two hit rates; its interval resamples the queries'
+    videos, follows qids (not list order), and shows in the report's VCMR table."""
+    import numpy as np
+    qids, vids = list(range(40)), [f"v{i // 4}" for i in range(40)]
+    base_iou = np.where(np.arange(40) % 5 == 0, 0.8, 0.0)                              # 8 hits
+    ours_iou = np.where(np.arange(40) % 5 < 2, 0.8, 0.3)                               # 16 hits
+    records = lambda order: [{"qid": qids[i], "gt_vid": vids[i]} for i in order]        # noqa: E731
+    metrics = lambda iou: {"VCMR-R@1-IoU0.5": 100 * float((iou >= 0.5).mean()), "Ceiling@5": 50.0}  # noqa: E731
+    reverse = list(range(39, -1, -1))
+    base = MethodResult("meanpool", "qd_detr", metrics(base_iou), {}, base_iou, records(range(40)))
+    ours = MethodResult("xpool", "qd_detr", metrics(ours_iou), {}, ours_iou[reverse], records(reverse))
+    margin = vcmr_margins([base, ours])["xpool"]
+    assert margin["diff"] == pytest.approx(20.0) and margin["low"] < 20.0 < margin["high"]
+    assert margin["high"] - margin["low"] > 5                                          # 10 videos: wide
+    report = build_report({"05_fine": None}, [base, ours], {}, SearchConfig(k_videos=5), "test")
+    assert f"| +20.0 | {margin['low']:+.1f} to {margin['high']:+.1f} |" in report
+    assert vcmr_margins([ours]) == {}                                                    # no baseline, no margin

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import torch
 
+from c2f_lib.evaluation.bootstrap import paired_difference_ci
 from c2f_lib.evaluation.fine_summary import best_val
 from c2f_lib.evaluation.vcmr import evaluate_vcmr, iou_of_top1
 from c2f_lib.models.registry import load_model
@@ -292,6 +294,29 @@ def _fine_section(m05: dict | None) -> list[str]:
 VCMR_COLUMNS = ("VR-R@1", "VR-R@10", "SVMR-R@1-IoU0.5", "VCMR-R@1-IoU0.5", "VCMR-R@1-IoU0.7", "VCMR-R@10-IoU0.5")
 
 
+def vcmr_margins(results: Sequence[MethodResult], baseline: str = "meanpool",
+                 seed: int = 0) -> dict[str, dict[str, float]]:
+    """Each method's VCMR R@1 (IoU >= 0.5) minus the baseline's, with its paired bootstrap interval over the
+    queries' ground-truth videos (the resampling unit of `paired_difference_ci`): {method: {diff, low, high}}."""
+    base = next((r for r in results if r.method == baseline), None)
+    if base is None:
+        return {}
+    order = [str(rec["qid"]) for rec in base.records]
+    videos = {v: i for i, v in enumerate(dict.fromkeys(rec["gt_vid"] for rec in base.records))}
+    groups = torch.tensor([videos[rec["gt_vid"]] for rec in base.records])
+    base_hits = torch.from_numpy(base.top1_iou >= 0.5).float()
+    out = {}
+    for r in results:
+        if r is base:
+            continue
+        position = {str(rec["qid"]): i for i, rec in enumerate(r.records)}
+        if sorted(position) != sorted(order):
+            raise ValueError(f"{r.method} and {baseline} were evaluated on different queries")
+        hits = torch.from_numpy(r.top1_iou >= 0.5).float()[[position[q] for q in order]]
+        out[r.method] = paired_difference_ci(hits, base_hits, groups, seed=seed)
+    return out
+
+
 def _vcmr_section(results: list[MethodResult], oracle: dict | None, cfg: SearchConfig, split: str,
                   chosen: str, mode: str) -> list[str]:
     lines = ["## 6. Coarse-to-fine search (stage 06)", "",
@@ -302,15 +327,18 @@ def _vcmr_section(results: list[MethodResult], oracle: dict | None, cfg: SearchC
         return lines + ["**Not evaluated**: needs at least one coarse and one fine checkpoint."]
     base = next((r for r in results if r.method == "meanpool"), None)
     ceiling = f"Ceiling@{cfg.k_videos}"
+    margins = vcmr_margins(results, seed=cfg.seed)
     rows = [{"coarse": r.method, ceiling: r.metrics.get(ceiling), **{c: r.metrics.get(c) for c in VCMR_COLUMNS},
              "Δ": "—" if base is None or r is base else
-             f"{r.metrics['VCMR-R@1-IoU0.5'] - base.metrics['VCMR-R@1-IoU0.5']:+.1f}"} for r in results]
+             f"{r.metrics['VCMR-R@1-IoU0.5'] - base.metrics['VCMR-R@1-IoU0.5']:+.1f}",
+             "CI": f"{margins[r.method]['low']:+.1f} to {margins[r.method]['high']:+.1f}" if r.method in margins else "—"}
+            for r in results]
     if oracle:
         rows.append({"coarse": "script oracle (ceiling)", ceiling: oracle.get(ceiling),
                      **{c: oracle.get(c) for c in VCMR_COLUMNS}, "Δ": "—"})
-    lines.append(_table(rows, ["coarse", ceiling, *VCMR_COLUMNS, "Δ"],
+    lines.append(_table(rows, ["coarse", ceiling, *VCMR_COLUMNS, "Δ", "CI"],
                         ["coarse", f"ceiling (top {cfg.k_videos})", *map(metric_label, VCMR_COLUMNS),
-                         "Δ VCMR vs mean-pool"]))
+                         "Δ VCMR vs mean-pool", "95 % interval of Δ (videos resampled)"]))
     if oracle:
         lines += ["The **script oracle** knows each video's script and each query's (colour, shape, action): it "
                   "finds every video holding the event and guesses among them, with exact windows. No system "
