@@ -192,3 +192,18 @@ def test_notebook_03_runs_on_a_random_store(tmp_path):
     assert set(metrics["t2v_R@1"]["test"]["correct"]) == {"meanpool", "xpool", "tmass"}
     for method in ("meanpool", "xpool", "tmass"):
         assert (paths.checkpoints("03_coarse") / f"{method}_seed0.pt").exists()
+
+
+def test_train_or_load_coarse_retrains_on_other_features_with_the_same_ids(tmp_path, capsys):
+    """A re-extracted store keeps video ids and captions; a checkpoint trained on the old features is not reused."""
+    from c2f_lib.training.coarse import train_or_load_coarse
+
+    train, val = toy_split(12, 2, 0), toy_split(6, 1, 1)
+    cfg, path = dataclasses.replace(CFG, epochs=1), tmp_path / "xpool.pt"
+    _, first = train_or_load_coarse("xpool", XPoolConfig(dim=D), train, val, cfg, path)
+    _, again = train_or_load_coarse("xpool", XPoolConfig(dim=D), train, val, cfg, path)
+    assert again["made_from"] == first["made_from"]
+    moved = dataclasses.replace(train, frames=train.frames + 0.5)
+    _, refit = train_or_load_coarse("xpool", XPoolConfig(dim=D), moved, val, cfg, path)
+    assert refit["made_from"] != first["made_from"]
+    assert "made with other settings or data" in capsys.readouterr().out

@@ -77,6 +77,13 @@ def test_train_or_load_reuses_only_a_matching_checkpoint(tmp_path):
     assert path.stat().st_mtime_ns == stamp and again["made_from"] == first["made_from"]   # reused
     _, changed = train_or_load("mesm", SMALL, train, val, _cfg(epochs=2), path)            # config changed
     assert changed["made_from"] != first["made_from"] and len(changed["summary"]["history"]) == 2
+    # the same queries with other clip features (a re-extracted store): trained again, not reused
+    import dataclasses
+    moved = [dataclasses.replace(s, clip_feats=s.clip_feats + 1.0) for s in train]
+    _, refit = train_or_load("mesm", SMALL, moved, val, _cfg(epochs=2), path)
+    assert refit["made_from"] != changed["made_from"]
+    _, same = train_or_load("mesm", SMALL, [dataclasses.replace(s) for s in moved], val, _cfg(epochs=2), path)
+    assert same["made_from"] == refit["made_from"]                                          # content, not identity
 
 
 def test_mesm_trains_its_vocabulary_head_when_samples_carry_token_ids(tmp_path):

@@ -99,3 +99,15 @@ def test_work_dir_is_cleared_unless_made_from_the_same_inputs(tmp_path):
     assert not (claim_work_dir(tmp_path / "run", "b") / "last.pt").exists()      # other inputs: cleared
     (work / "last.pt").write_text("state")
     assert not (claim_work_dir(tmp_path / "run", "b", fresh=True) / "last.pt").exists()
+
+
+def test_content_digest_hashes_tensors_by_content():
+    from c2f_lib.models.registry import content_digest
+
+    x = torch.arange(6.0).reshape(2, 3)
+    assert content_digest(x, ["a", 1]) == content_digest(x.clone(), ["a", 1])            # content, not identity
+    assert content_digest(x) != content_digest(x + 1e-6)                                  # any change of a value
+    assert content_digest(x) != content_digest(x.reshape(3, 2))                           # shape
+    assert content_digest(x) != content_digest(x.double())                                # dtype
+    assert content_digest(x.t()) == content_digest(x.t().contiguous())                    # layout does not matter
+    assert content_digest([x, None]) != content_digest([x])

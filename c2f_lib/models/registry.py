@@ -98,6 +98,28 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def content_digest(*parts: Any) -> str:
+    """Short hash of values by content: tensors by dtype, shape and bytes, lists and tuples item by item,
+    anything else by its JSON. For fingerprints whose inputs are features: the same ids with other feature
+    values (a re-extracted store) are other inputs, so a checkpoint trained on the old ones is not reused."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"tensor {flat.dtype} {tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"[{len(value)}".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+
+    feed(list(parts))
+    return digest.hexdigest()[:16]
+
+
 def _without_runtime_keys(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_runtime_keys(v) for k, v in value.items() if k not in RUNTIME_KEYS}

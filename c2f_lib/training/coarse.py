@@ -272,6 +272,14 @@ def _clamp_logit_scale(model: nn.Module, maximum: float) -> None:
                 param.clamp_(max=maximum)
 
 
+def split_features(split: Split) -> list:
+    """The tensors a split trains on (frames, text embeddings or tokens, caption -> video), for checkpoint
+    fingerprints; lazily decoded frames stand in by their settings."""
+    frames = split.frames if isinstance(split.frames, torch.Tensor) else getattr(split.frames, "settings", dict)()
+    text = split.text_emb if isinstance(split, CoarseSplit) else split.text_tokens
+    return [frames, text, split.text_to_video]
+
+
 def train_or_load_coarse(method: str, model_config: Any, train: Split, val: Split,
                          cfg: CoarseTrainConfig, path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Load the registered checkpoint at `path` if it exists, else train and write it there.
@@ -279,11 +287,13 @@ def train_or_load_coarse(method: str, model_config: Any, train: Split, val: Spli
     Training state (resumable) lives in the folder `path` without its suffix. Returns the model
     (eval mode, on cfg.device) and the checkpoint's `extra` (best epoch, validation metrics, history).
     """
-    from c2f_lib.models.registry import build_model, claim_work_dir, fingerprint, load_if_reusable, load_model
+    from c2f_lib.models.registry import (build_model, claim_work_dir, content_digest, fingerprint, load_if_reusable,
+                                         load_model)
 
     path = Path(path)
     made_from = fingerprint(method, asdict(model_config), asdict(cfg), train.video_ids, val.video_ids,
-                            train.texts, val.texts)    # other captions (e.g. regenerated) retrain
+                            train.texts, val.texts,      # other captions (e.g. regenerated) retrain
+                            content_digest(split_features(train), split_features(val)))   # so do other features
     loaded = load_if_reusable(path, made_from)
     if loaded is None:
         model = build_model(method, asdict(model_config))

@@ -154,14 +154,25 @@ def with_word_vocab(name: str, model_config: dict, train_samples: list[MomentSam
     return {**model_config, "word_vocab": vocab} if vocab else model_config   # no ids: feature targets
 
 
+def samples_digest(samples: list[MomentSample]) -> str:
+    """Content hash of what training reads from the samples: annotations, text features, and each video's
+    clip features once (queries of one video share them)."""
+    from c2f_lib.models.registry import content_digest
+
+    clips = {s.vid: s.clip_feats for s in samples}
+    return content_digest([(s.qid, s.vid, s.duration, s.clip_len, s.windows, s.token_feats, s.saliency, s.token_ids)
+                           for s in samples], sorted(clips), [clips[v] for v in sorted(clips)])
+
+
 def _made_from(name: str, model_config: dict, train_samples: list[MomentSample], val_samples: list[MomentSample],
                cfg: FineTrainConfig) -> tuple[dict, str]:
-    """(the full model config, the fingerprint a reusable checkpoint of it carries)."""
+    """(the full model config, the fingerprint a reusable checkpoint of it carries: config, training config and
+    the content of the train and val samples)."""
     from c2f_lib.models.registry import fingerprint
 
     model_config = with_word_vocab(name, model_config, train_samples)
     return model_config, fingerprint(name, model_config, dataclasses.asdict(cfg),
-                                     [s.qid for s in train_samples], [s.qid for s in val_samples])
+                                     samples_digest(train_samples), samples_digest(val_samples))
 
 
 def train_or_load(name: str, model_config: dict, train_samples: list[MomentSample],

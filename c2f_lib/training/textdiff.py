@@ -20,12 +20,13 @@ from torch import nn
 
 from c2f_lib.evaluation.retrieval import evaluate_retrieval
 from c2f_lib.features.types import CoarseSplit
-from c2f_lib.models.registry import claim_work_dir, fingerprint, load_if_reusable, load_model, save_model
+from c2f_lib.models.registry import (claim_work_dir, content_digest, fingerprint, load_if_reusable, load_model,
+                                     save_model)
 from c2f_lib.models.textdiff import TextDiff, TextDiffConfig
 from c2f_lib.models.xpool import XPool, eval_mode
 from c2f_lib.progress import progress
 from c2f_lib.amp import Precision
-from c2f_lib.training.coarse import CoarseTrainConfig, train_coarse
+from c2f_lib.training.coarse import CoarseTrainConfig, split_features, train_coarse
 from c2f_lib.training.schedule import make_optimizer, make_scheduler
 from c2f_lib.utils import provenance, resolve_device
 
@@ -123,7 +124,8 @@ def train_textdiff(train: CoarseSplit, val: CoarseSplit, cfg: TextDiffTrainConfi
     """
     ckpt_dir = Path(ckpt_dir)
     final = ckpt_dir / "textdiff.pt"
-    made_from = fingerprint(asdict(cfg), train.video_ids, val.video_ids, base_fingerprint(base))
+    made_from = fingerprint(asdict(cfg), train.video_ids, val.video_ids, base_fingerprint(base),
+                            content_digest(split_features(train), split_features(val)))
     loaded = load_if_reusable(final, made_from)
     if loaded is not None:
         return loaded[0], loaded[1].get("history", {})
@@ -160,7 +162,7 @@ def base_fingerprint(base: XPool | None) -> str | None:
     """Identity of a given X-Pool: its config and weights (None when TextDiff trains its own)."""
     if base is None:
         return None
-    return fingerprint(asdict(base.cfg), [(k, v.float().sum().item()) for k, v in base.state_dict().items()])
+    return fingerprint(asdict(base.cfg), content_digest(sorted(base.state_dict().items())))
 
 
 def _base_pool(train: CoarseSplit, val: CoarseSplit, cfg: TextDiffTrainConfig, ckpt_dir: Path,
