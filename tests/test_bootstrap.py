@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from c2f_lib.evaluation.bootstrap import paired_difference_ci
-from c2f_lib.evaluation.retrieval import caption_hits, evaluate_retrieval
+from c2f_lib.evaluation.retrieval import evaluate_retrieval, hits_at, seeded_scores
 from c2f_lib.features.types import CoarseSplit
 from c2f_lib.models.meanpool import MeanPool, MeanPoolConfig
 
@@ -38,12 +38,13 @@ def test_bad_shapes_are_refused():
         paired_difference_ci(torch.zeros(3), torch.zeros(3), torch.zeros(3, dtype=torch.long), level=1.0)
 
 
-def test_caption_hits_are_the_captions_behind_r_at_1():
+def test_hits_at_are_the_captions_behind_r_at_1():
     g = torch.Generator().manual_seed(1)
     split = CoarseSplit([f"v{i}" for i in range(6)], torch.randn(6, 4, 8, generator=g), [f"t{i}" for i in range(12)],
                         torch.randn(12, 8, generator=g), torch.arange(12) % 6)
     model = MeanPool(MeanPoolConfig(dim=8))
-    hits = caption_hits(model, split, seed=3)
+    sims = seeded_scores(model, split, seed=3)                            # as notebook 03 scores
+    hits = hits_at(sims, split.text_to_video)
     assert hits.dtype == torch.bool and hits.shape == (12,)
     assert hits.float().mean().item() * 100 == pytest.approx(evaluate_retrieval(model, split, seed=3)["t2v_R@1"])
-    assert (caption_hits(model, split, k=6)).all()
+    assert (hits_at(sims, split.text_to_video, k=6)).all()

@@ -145,9 +145,3 @@ def hits_at(sims: torch.Tensor, text_to_video: torch.Tensor, k: int = 1) -> torc
     """[T] bool from [T, V] scores: does each caption find its video in the top k (the captions behind R@k)?"""
     return t2v_ranks(sims, text_to_video) <= k
 
-
-def caption_hits(model: Any, split: CoarseSplit, protocol: str = "correct", chunk_size: int = 16,
-                 seed: int = 0, k: int = 1) -> torch.Tensor:
-    """[T] bool `hits_at` of a model, scored as `evaluate_retrieval` scores (same seed), so
-    `caption_hits(...).float().mean() * 100` is its t2v R@k."""
-    return hits_at(seeded_scores(model, split, protocol, chunk_size, seed), split.text_to_video, k)

@@ -331,7 +331,7 @@ def _vcmr_section(results: list[MethodResult], oracle: dict | None, cfg: SearchC
     rows = [{"coarse": r.method, ceiling: r.metrics.get(ceiling), **{c: r.metrics.get(c) for c in VCMR_COLUMNS},
              "Δ": "—" if base is None or r is base else
              f"{r.metrics['VCMR-R@1-IoU0.5'] - base.metrics['VCMR-R@1-IoU0.5']:+.1f}",
-             "CI": f"{margins[r.method]['low']:+.1f} to {margins[r.method]['high']:+.1f}" if r.method in margins else "—"}
+             "CI": _interval(margins.get(r.method))}
             for r in results]
     if oracle:
         rows.append({"coarse": "script oracle (ceiling)", ceiling: oracle.get(ceiling),

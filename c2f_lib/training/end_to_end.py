@@ -285,13 +285,13 @@ def train_or_load_end_to_end(method: str, head_config: Any, clip: ClipSource, tr
     else train (resumable state in `path` without its suffix) and write it. Returns (model in eval mode on
     cfg.device, the checkpoint's extra)."""
     from c2f_lib.distributed import rank_and_world
-    from c2f_lib.models.registry import claim_work_dir, fingerprint, load_if_reusable
-    from c2f_lib.training.coarse import train_coarse
+    from c2f_lib.models.registry import claim_work_dir, content_digest, fingerprint, load_if_reusable
+    from c2f_lib.training.coarse import split_features, train_coarse
 
     path = Path(path)
-    frame_settings = getattr(train.frames, "settings", dict)()      # eager [V, F, 3, S, S] tensors: none
-    made_from = fingerprint(CHECKPOINT_KIND, method, asdict(head_config), clip.spec, frame_settings,
-                            asdict(cfg), train.video_ids, val.video_ids, train.texts, val.texts)
+    made_from = fingerprint(CHECKPOINT_KIND, method, asdict(head_config), clip.spec, asdict(cfg),
+                            train.video_ids, val.video_ids, train.texts, val.texts,
+                            content_digest(split_features(train), split_features(val)))  # lazy frames: their settings
     model = build_end_to_end(method, head_config, clip, encode_batch_size)
     loaded = load_if_reusable(path, made_from, into=model)
     extra = None if loaded is None else loaded[1]
