@@ -4,8 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from c2f_lib.evaluation.retrieval import (caption_index_in_video, dual_softmax, retrieval_metrics,
+from c2f_lib.data.schema import VideoCaptions, write_captions
+from c2f_lib.evaluation.retrieval import (caption_index_in_video, dual_softmax, recall_by_group, retrieval_metrics,
                                           score_split, t2v_ranks, v2t_ranks)
+from c2f_lib.features.store_bundles import caption_event_counts
 from c2f_lib.features.types import CoarseSplit
 
 
@@ -125,3 +127,19 @@ def test_score_split_scores_on_the_models_device_and_returns_cpu(monkeypatch):
         sims = retrieval.score_split(OnMeta(), split, protocol)
         assert sims.device.type == "cpu"
     assert retrieval.evaluate_retrieval(OnMeta(), split)["t2v_R@1"] == 100.0
+
+
+def test_recall_by_group_is_the_share_of_hits_within_each_group():
+    hits = torch.tensor([1, 0, 1, 1, 0, 0], dtype=torch.bool)
+    groups = torch.tensor([0, 0, 1, 1, 1, 2])
+    assert recall_by_group(hits, groups) == pytest.approx({0: 50.0, 1: 100 * 2 / 3, 2: 0.0})
+
+
+def test_caption_event_counts_follow_the_split_order_and_mark_unrecorded(tmp_path):
+    path = tmp_path / "captions.jsonl"
+    write_captions(path, [VideoCaptions("a", ["scene a", "a1", "a12"], meta={"caption_events": [[], [1], [1, 2]]}),
+                          VideoCaptions("b", ["b?", "b??"])])                       # a real dataset: not recorded
+    split = CoarseSplit(video_ids=["a", "b"], frames=torch.zeros(2, 3, 4),
+                        texts=["scene a", "a1", "a12", "b?", "b??"], text_emb=torch.zeros(5, 4),
+                        text_to_video=torch.tensor([0, 0, 0, 1, 1]))
+    assert caption_event_counts(split, path).tolist() == [0, 1, 2, -1, -1]

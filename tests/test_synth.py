@@ -62,6 +62,19 @@ def test_records_validate_and_windows_fit(tiny):
     assert len(qids) == len(set(qids)), "qids must be unique across splits"
 
 
+def test_captions_record_the_events_they_name(tiny):
+    joiners = grammar.COARSE_JOINERS + grammar.COARSE_OVERLAP_JOINERS
+    n_events = {v["vid"]: len(v["events"]) for v in load_meta(tiny)["videos"]}
+    for split in SPLITS:
+        for record in read_captions(tiny / f"captions_{split}.jsonl"):
+            named = record.meta["caption_events"]
+            assert len(named) == len(record.captions) and named[0] == []      # the scene caption names none
+            for text, events in zip(record.captions[1:], named[1:]):
+                assert 1 <= len(events) <= 3 and len(set(events)) == len(events)
+                assert all(0 <= e < n_events[record.vid] for e in events)
+                assert sum(text.count(j) for j in joiners) == len(events) - 1, text   # one clause per event
+
+
 def test_compositional_split_has_only_unseen_pairs(tiny):
     meta = load_meta(tiny)
     heldout = {tuple(p) for p in meta["heldout_pairs"]}

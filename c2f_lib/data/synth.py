@@ -272,8 +272,9 @@ def _ambiguous(actors: list[dict], events: list[dict]) -> bool:
     return False
 
 
-def _captions(rng: np.random.Generator, cfg: SynthConfig, video: dict) -> list[str]:
-    """Fine captions go into each event; returns the coarse captions of the video."""
+def _captions(rng: np.random.Generator, cfg: SynthConfig, video: dict) -> tuple[list[str], list[list[int]]]:
+    """Fine captions go into each event; returns the coarse captions of the video and, per caption, the
+    indices of the events it names (none for the scene caption, which names who is there)."""
     for event in video["events"]:
         a = event["actor"]
         size = a["size"] if event["scale_at_start"] == 1.0 and rng.random() < 0.4 else None
@@ -281,6 +282,7 @@ def _captions(rng: np.random.Generator, cfg: SynthConfig, video: dict) -> list[s
                                                 event["params"].get("to"))
     coarse = [grammar.scene_caption(rng, [(a["colour"], a["shape"], a["size"]) for a in video["actors"]],
                                     video["background"])]
+    named: list[list[int]] = [[]]
     events = video["events"]
     while len(coarse) < cfg.n_coarse_captions:
         k = int(rng.integers(1, min(3, len(events)) + 1))
@@ -290,7 +292,8 @@ def _captions(rng: np.random.Generator, cfg: SynthConfig, video: dict) -> list[s
                     events[i]["start"], events[i]["end"]) for i in chosen]
         prefix = grammar.COARSE_EVENT_PREFIXES[int(rng.integers(len(grammar.COARSE_EVENT_PREFIXES)))]
         coarse.append(prefix + grammar.join_clauses(rng, clauses))
-    return coarse[:cfg.n_coarse_captions]
+        named.append([int(i) for i in chosen])
+    return coarse[:cfg.n_coarse_captions], named[:cfg.n_coarse_captions]
 
 
 def _plan_video(cfg: SynthConfig, split: str, index: int, previous: dict | None,
@@ -332,7 +335,7 @@ def _plan_video(cfg: SynthConfig, split: str, index: int, previous: dict | None,
     for j, event in enumerate(video["events"]):
         event["qid"] = f"{video['vid']}_e{j:02d}"
         event["novel"] = (event["actor"]["colour"], event["action"]) in heldout
-    video["coarse_captions"] = _captions(rng, cfg, video)
+    video["coarse_captions"], video["caption_events"] = _captions(rng, cfg, video)
     return video
 
 
@@ -378,7 +381,8 @@ def moment_records(video: dict, clip_len: float) -> list[MomentQuery]:
 
 def caption_record(video: dict) -> VideoCaptions:
     return VideoCaptions(vid=video["vid"], captions=video["coarse_captions"], duration=video["duration"],
-                         meta={"twin_of": video["twin_of"], "twin_kind": video["twin_kind"]})
+                         meta={"twin_of": video["twin_of"], "twin_kind": video["twin_kind"],
+                               "caption_events": video["caption_events"]})
 
 
 # ----------------------------------------------------------------------------- writing

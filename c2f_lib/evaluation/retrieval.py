@@ -145,3 +145,8 @@ def hits_at(sims: torch.Tensor, text_to_video: torch.Tensor, k: int = 1) -> torc
     """[T] bool from [T, V] scores: does each caption find its video in the top k (the captions behind R@k)?"""
     return t2v_ranks(sims, text_to_video) <= k
 
+
+def recall_by_group(hits: torch.Tensor, groups: torch.Tensor) -> dict[int, float]:
+    """R@k (%) within each group of captions: hits [T] (0/1, e.g. `hits_at`), groups [T] int -> {group: %}."""
+    return {int(g): 100 * float(hits[groups == g].float().mean()) for g in torch.unique(groups)}
+

@@ -28,6 +28,24 @@ def plot_recall_at_k(results: dict[str, list[dict[str, float]]], ks: Sequence[in
     return fig
 
 
+def plot_recall_by_group(table: dict[str, dict[str, dict[str, float]]], ylabel: str = "t2v R@1 (%)") -> Figure:
+    """One panel per split, grouped bars per caption group, one bar per method.
+    table: split -> method -> group label -> value."""
+    fig, axes = plt.subplots(1, len(table), figsize=(4.2 * len(table), 3.2), sharey=True, squeeze=False)
+    for ax, (split, methods) in zip(axes[0], table.items()):
+        groups = list(next(iter(methods.values())))
+        width = 0.8 / max(1, len(methods))
+        x = np.arange(len(groups))
+        for i, (method, values) in enumerate(methods.items()):
+            ax.bar(x + i * width, [values[g] for g in groups], width, label=method)
+        ax.set_xticks(x + width * (len(methods) - 1) / 2, groups)
+        ax.set_title(split)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def plot_radius_distribution(positive: torch.Tensor, negative: torch.Tensor, bins: int = 40) -> Figure:
     """Histogram of the mean T-MASS radius per (text, video) pair, matching vs. non-matching pairs."""
     fig, ax = plt.subplots(figsize=(5, 3))
