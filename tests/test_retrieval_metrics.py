@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from c2f_lib.data.schema import VideoCaptions, write_captions
-from c2f_lib.evaluation.retrieval import (caption_index_in_video, dual_softmax, recall_by_group, retrieval_metrics,
-                                          score_split, t2v_ranks, v2t_ranks)
-from c2f_lib.features.store_bundles import caption_event_counts
+from c2f_lib.evaluation.retrieval import (caption_event_counts, caption_index_in_video, dual_softmax,
+                                          recall_by_group, retrieval_metrics, score_split, t2v_ranks, v2t_ranks)
 from c2f_lib.features.types import CoarseSplit
 
 

@@ -24,10 +24,12 @@ Protocols (`score_split`):
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from c2f_lib.data.schema import read_captions
 from c2f_lib.features.types import CoarseSplit
 from c2f_lib.utils import model_device
 
@@ -149,4 +151,17 @@ def hits_at(sims: torch.Tensor, text_to_video: torch.Tensor, k: int = 1) -> torc
 def recall_by_group(hits: torch.Tensor, groups: torch.Tensor) -> dict[int, float]:
     """R@k (%) within each group of captions: hits [T] (0/1, e.g. `hits_at`), groups [T] int -> {group: %}."""
     return {int(g): 100 * float(hits[groups == g].float().mean()) for g in torch.unique(groups)}
+
+
+def caption_event_counts(split: CoarseSplit, captions_jsonl: str | Path) -> torch.Tensor:
+    """[T] how many events each text of `split` (from `load_coarse_split` on this file, so a video's texts
+    come in its file order) names, as the captions' meta["caption_events"] records (SynthMoments: 0 for the
+    scene caption); -1 where it is not recorded (real datasets)."""
+    named = {r.vid: [len(e) for e in r.meta.get("caption_events", [])] for r in read_captions(captions_jsonl)}
+    position = caption_index_in_video(split.text_to_video).tolist()
+    counts = []
+    for v, k in zip(split.text_to_video.tolist(), position):
+        per_caption = named.get(split.video_ids[v], [])
+        counts.append(per_caption[k] if k < len(per_caption) else -1)
+    return torch.tensor(counts, dtype=torch.long)
 

@@ -58,19 +58,6 @@ def load_coarse_split(store_path: str | Path, captions_jsonl: str | Path) -> Coa
     )
 
 
-def caption_event_counts(split: CoarseSplit, captions_jsonl: str | Path) -> torch.Tensor:
-    """[T] how many events each text of `split` (from `load_coarse_split` on this file) names, as the
-    captions' meta["caption_events"] records (SynthMoments: 0 for the scene caption); -1 where it is not
-    recorded (real datasets)."""
-    named = {r.vid: [len(e) for e in r.meta.get("caption_events", [])] for r in read_captions(captions_jsonl)}
-    counts, seen = [], {}
-    for v in split.text_to_video.tolist():                 # a video's texts come in its file order
-        vid = split.video_ids[v]
-        k = seen[vid] = seen.get(vid, -1) + 1
-        counts.append(named[vid][k] if k < len(named.get(vid, [])) else -1)
-    return torch.tensor(counts, dtype=torch.long)
-
-
 def add_moment_queries(split: CoarseSplit, store_path: str | Path, moments_jsonl: str | Path) -> CoarseSplit:
     """The split with every moment sentence of its videos added as one more text of its video.
 
