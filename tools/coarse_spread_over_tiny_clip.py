@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from c2f_lib.evaluation.retrieval import retrieval_metrics, seeded_scores
 from c2f_lib.features.extract import ExtractConfig, extract_dataset
@@ -29,26 +30,32 @@ from c2f_lib.training.coarse_presets import preset
 SPLITS = ("val", "test")
 
 
-def coarse_recall(run_dir: Path, work_dir: Path, tiny_seed: int) -> dict[str, dict[str, float]]:
-    """method -> split -> t2v R@1 with a tiny CLIP trained from `tiny_seed` (the default config otherwise)."""
+def coarse_recall(run_dir: Path, work_dir: Path, tiny_seed: int, config: dict) -> dict[str, dict[str, float]]:
+    """method -> split -> t2v R@1 with a tiny CLIP trained from `tiny_seed`; the rest as the run config's
+    notebooks 02 and 03 (their parameters the config leaves out take the notebooks' defaults, written here)."""
     paths = RunPaths(run_dir)
     dataset = paths.dataset_dir("synthmoments")
-    tiny_cfg = TinyClipConfig(steps=300, batch_size=48, width=96, embed_dim=128, lr=2e-3, frames_per_clip=4,
-                              clip_len=2.0, seed=tiny_seed)
+    features, coarse = config["02"], config["03"]
+    tiny_cfg = TinyClipConfig(steps=features["tiny_steps"], batch_size=features["tiny_batch_size"],
+                              width=features["tiny_width"], embed_dim=128, lr=2e-3,
+                              frames_per_clip=features["frames_per_clip"], clip_len=features["clip_len"],
+                              seed=tiny_seed)
     model, _ = train_tiny_clip(dataset, tiny_cfg)
     backbone = TinyClipBackbone(model.eval().requires_grad_(False), weights=f"tinyclip-seed{tiny_seed}")
     out = work_dir / f"tiny_seed{tiny_seed}"
     store = out / "features.h5"
-    extract_dataset(dataset, backbone, store, ExtractConfig(num_frames=12, clip_len=2.0, frames_per_clip=4),
-                    replace_stale=True)
+    extract_cfg = ExtractConfig(num_frames=features["num_frames"], clip_len=features["clip_len"],
+                                frames_per_clip=features["frames_per_clip"])
+    extract_dataset(dataset, backbone, store, extract_cfg, replace_stale=True)
     splits = {s: load_coarse_split(store, paths.captions_file("synthmoments", s)) for s in ("train", *SPLITS)}
     base = preset("synthmoments")
     _, F, D = splits["train"].frames.shape
     configs = {"meanpool": base.meanpool_config(dim=D), "xpool": base.xpool_config(dim=D, dropout=0.1),
-               "tmass": base.tmass_config(dim=D, num_frames=F, dropout=0.1, support_weight=0.8, num_trials=20)}
+               "tmass": base.tmass_config(dim=D, num_frames=F, dropout=0.1, support_weight=0.8,
+                                          num_trials=coarse["num_trials"])}
     recall = {}
     for method, model_config in configs.items():
-        train_cfg = base.train_config(epochs=10, batch_size=32, lr=1e-3, seed=0, device="cpu", eval_chunk_size=16,
+        train_cfg = base.train_config(epochs=coarse["epochs"], batch_size=coarse["batch_size"], lr=1e-3, seed=0, device="cpu", eval_chunk_size=16,
                                       show_progress=False)
         torch.manual_seed(0)   # initialisation, as notebook 03
         head, _ = train_or_load_coarse(method, model_config, splits["train"], splits["val"], train_cfg,
@@ -62,11 +69,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", type=Path, default=Path("outputs/default"))
     parser.add_argument("--work-dir", type=Path, default=Path("outputs/tiny_clip_spread"))
+    parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"), help="the run's config")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
+    config = yaml.safe_load(args.config.read_text())["notebooks"]
     margins = {m: {s: [] for s in SPLITS} for m in ("xpool", "tmass")}
     for seed in args.seeds:
-        recall = coarse_recall(args.run_dir, args.work_dir, seed)
+        recall = coarse_recall(args.run_dir, args.work_dir, seed, config)
         print(f"tiny CLIP seed {seed}: " + json.dumps({m: {s: round(v, 1) for s, v in r.items()}
                                                        for m, r in recall.items()}), flush=True)
         for method, per_split in margins.items():
