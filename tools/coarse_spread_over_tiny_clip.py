@@ -55,8 +55,8 @@ def coarse_recall(run_dir: Path, work_dir: Path, tiny_seed: int, config: dict) -
                                           num_trials=coarse["num_trials"])}
     recall = {}
     for method, model_config in configs.items():
-        train_cfg = base.train_config(epochs=coarse["epochs"], batch_size=coarse["batch_size"], lr=1e-3, seed=0, device="cpu", eval_chunk_size=16,
-                                      show_progress=False)
+        train_cfg = base.train_config(epochs=coarse["epochs"], batch_size=coarse["batch_size"], lr=1e-3, seed=0,
+                                      device="cpu", eval_chunk_size=16, show_progress=False)
         torch.manual_seed(0)   # initialisation, as notebook 03
         head, _ = train_or_load_coarse(method, model_config, splits["train"], splits["val"], train_cfg,
                                        out / f"{method}.pt")
